@@ -1,0 +1,325 @@
+"""MSG-GAN training: distributed D and G steps, EMA generator, checkpoints and the loop."""
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from msg_tf import dataset as dataset_lib
+from msg_tf import losses, reporting
+from msg_tf.config import ARCHITECTURE_KEYS, ConfigError, TrainingConfig, check_batch_size
+from networks import MsgDiscriminator, MsgProGanGenerator
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class TrainingDivergedError(RuntimeError):
+    """A loss became NaN or infinite; the message names the step and the last checkpoint."""
+
+
+def build_generator(config: TrainingConfig, name: str = "G") -> keras.Model:
+    if config.arch == "progan":
+        G = MsgProGanGenerator(config.resolution, latent_size=config.latent_size,
+                               num_channels=config.num_channels,
+                               channel_base=config.channel_base,
+                               channel_max=config.channel_max, name=name)
+    else:
+        raise ConfigError(f"invalid --arch={config.arch!r}")
+    G(tf.zeros([1, config.latent_size]))  # create the variables
+    return G
+
+
+def build_discriminator(config: TrainingConfig) -> keras.Model:
+    D = MsgDiscriminator(config.resolution, num_channels=config.num_channels,
+                         channel_base=config.channel_base, channel_max=config.channel_max,
+                         combine=config.combine, mbstd_group_size=config.mbstd_group_size,
+                         name="D")
+    group = max(config.mbstd_group_size, 1)
+    D([tf.zeros([group, res, res, config.num_channels]) for res in D.scales])
+    return D
+
+
+def make_optimizer(config: TrainingConfig) -> keras.optimizers.Optimizer:
+    if config.optimizer == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate=config.lr, epsilon=config.adam_epsilon)
+    return keras.optimizers.Adam(learning_rate=config.lr, beta_1=config.adam_beta1,
+                                 beta_2=config.adam_beta2, epsilon=config.adam_epsilon)
+
+
+def ema_beta(config: TrainingConfig) -> float:
+    """Return the per-step EMA decay giving a half-life of `ema_kimg` thousand images."""
+    return 0.5 ** (config.batch_size / (config.ema_kimg * 1000.0))
+
+
+class Trainer:
+    """Own the models, optimizers, checkpoint and compiled training step of one run.
+
+    Everything is created inside `strategy.scope()`, optimizers included: Keras 3
+    optimizers must build their slot variables there before the first `tf.function`
+    step, or MirroredStrategy cannot mirror them.
+    """
+
+    def __init__(self, config: TrainingConfig, strategy: tf.distribute.Strategy):
+        self.config = config
+        self.strategy = strategy
+        self.num_replicas = strategy.num_replicas_in_sync
+        self.batch_per_replica = check_batch_size(config, self.num_replicas)
+        self.loss_config = losses.LossConfig(name=config.loss, gp_weight=config.gp_weight,
+                                             drift_weight=config.drift_weight,
+                                             r1_gamma=config.r1_gamma)
+        with strategy.scope():
+            self.G = build_generator(config, "G")
+            self.G_ema = build_generator(config, "G_ema")
+            for ema_var, var in zip(self.G_ema.weights, self.G.weights):
+                ema_var.assign(var)
+            self.D = build_discriminator(config)
+            self.G_opt = make_optimizer(config)
+            self.D_opt = make_optimizer(config)
+            self.G_opt.build(self.G.trainable_variables)
+            self.D_opt.build(self.D.trainable_variables)
+            self.cur_nimg = tf.Variable(0, dtype=tf.int64, trainable=False, name="cur_nimg")
+            self.cur_tick = tf.Variable(0, dtype=tf.int64, trainable=False, name="cur_tick")
+        self.checkpoint = tf.train.Checkpoint(
+            G=self.G, D=self.D, G_ema=self.G_ema, G_opt=self.G_opt, D_opt=self.D_opt,
+            cur_nimg=self.cur_nimg, cur_tick=self.cur_tick)
+        self._beta = ema_beta(config)
+        self._train_step = tf.function(self._distributed_step)
+        self._generate = tf.function(lambda z: self.G_ema(z, training=False))
+
+    # Latents are drawn for the whole global batch from (seed, step, purpose) and each
+    # replica takes its slice, so one replica and N replicas see the same latents.
+    def _latents(self, step, purpose):
+        seed = tf.stack([tf.constant(self.config.seed, tf.int64), step * 2 + purpose])
+        z = tf.random.stateless_normal([self.config.batch_size, self.config.latent_size],
+                                       seed=seed)
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        start = replica * self.batch_per_replica
+        return z[start:start + self.batch_per_replica]
+
+    def _mean(self, per_sample):
+        return tf.nn.compute_average_loss(per_sample,
+                                          global_batch_size=self.config.batch_size)
+
+    def _replica_step(self, reals, step):
+        reals = list(reals)
+        stats = {}
+
+        # The D step needs no gradient through G, so G runs outside D's tape.
+        fakes = self.G(self._latents(step, 0), training=True)
+        with tf.GradientTape() as tape:
+            per_sample, terms = losses.discriminator_loss(self.loss_config, self.D, reals, fakes)
+            d_loss = self._mean(per_sample)
+        grads = tape.gradient(d_loss, self.D.trainable_variables)
+        self.D_opt.apply_gradients(zip(grads, self.D.trainable_variables))
+        stats["Loss/D"] = d_loss
+        stats.update({key: self._mean(value) for key, value in terms.items()})
+
+        z = self._latents(step, 1)
+        with tf.GradientTape() as tape:
+            fakes = self.G(z, training=True)
+            per_sample, terms = losses.generator_loss(self.loss_config, self.D, reals, fakes)
+            g_loss = self._mean(per_sample)
+        grads = tape.gradient(g_loss, self.G.trainable_variables)
+        self.G_opt.apply_gradients(zip(grads, self.G.trainable_variables))
+        stats["Loss/G"] = g_loss
+        stats.update({key: self._mean(value) for key, value in terms.items()})
+        return stats
+
+    def _distributed_step(self, reals, step):
+        per_replica = self.strategy.run(self._replica_step, args=(reals, step))
+        stats = {key: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                 for key, value in per_replica.items()}
+        for ema_var, var in zip(self.G_ema.weights, self.G.weights):
+            ema_var.assign(var + (ema_var - var) * self._beta)
+        return stats
+
+    def train_step(self, reals, step: int) -> dict:
+        """Run one D step and one G step on a distributed batch; return the mean losses."""
+        return self._train_step(reals, tf.constant(step, tf.int64))
+
+    def generate(self, z: np.ndarray, batch_size: int) -> list[np.ndarray]:
+        """Run G_ema on `z` in chunks; return one array per scale."""
+        outputs = None
+        for start in range(0, len(z), batch_size):
+            images = self._generate(tf.constant(z[start:start + batch_size]))
+            images = [image.numpy() for image in images]
+            outputs = ([[] for _ in images] if outputs is None else outputs)
+            for out, image in zip(outputs, images):
+                out.append(image)
+        return [np.concatenate(out) for out in outputs]
+
+
+def resolve_config(config: TrainingConfig, info: dataset_lib.DatasetInfo) -> TrainingConfig:
+    """Fill in the options that default to the dataset's values and check them."""
+    resolution = config.resolution or info.max_resolution
+    dataset_lib.check_resolution(info, resolution)
+    if config.num_channels and config.num_channels != info.num_channels:
+        raise ConfigError(f"--num_channels={config.num_channels} differs from the "
+                          f"dataset's {info.num_channels} channels ({info.path})")
+    description = config.description or (
+        f"{os.path.basename(os.path.normpath(info.path))}-{config.arch}-{resolution}-"
+        f"{config.loss}-{config.combine}")
+    return dataclasses.replace(config, resolution=resolution,
+                               num_channels=info.num_channels, description=description)
+
+
+def check_resume_compatible(run_dir: str, config: TrainingConfig) -> None:
+    path = os.path.join(run_dir, reporting.OPTIONS_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        saved = json.load(f)
+    differing = [f"--{key}: saved {saved.get(key)!r}, now {getattr(config, key)!r}"
+                 for key in ARCHITECTURE_KEYS if saved.get(key) != getattr(config, key)]
+    if differing:
+        raise ConfigError(
+            f"cannot resume the run in {run_dir} because these options differ from the "
+            f"saved ones: {'; '.join(differing)}. Use the saved values or a new --run_dir")
+
+
+def library_versions() -> dict:
+    return {"tensorflow": tf.__version__, "keras": keras.__version__,
+            "numpy": np.__version__}
+
+
+def train(config: TrainingConfig, strategy: tf.distribute.Strategy | None = None) -> str:
+    """Train, or resume, one run; return its run directory.
+
+    Raises ConfigError or DatasetError for user errors and TrainingDivergedError when a
+    loss becomes non-finite.
+    """
+    # log.txt should hold the INFO lines even when train() is called as a library.
+    if logging.get_verbosity() < logging.INFO:
+        logging.set_verbosity(logging.INFO)
+    strategy = strategy or tf.distribute.MirroredStrategy()
+    info = dataset_lib.inspect_dataset(config.dataset)
+    config = resolve_config(config, info)
+    check_batch_size(config, strategy.num_replicas_in_sync)
+
+    if config.run_dir:
+        run_dir = config.run_dir
+        os.makedirs(run_dir, exist_ok=True)
+        check_resume_compatible(run_dir, config)
+    else:
+        run_dir = reporting.create_run_dir(config.result_dir, config.description)
+    log_handler = reporting.attach_log_file(run_dir)
+    try:
+        return _train_in_run_dir(config, strategy, info, run_dir)
+    finally:
+        reporting.detach_log_file(log_handler)
+
+
+def _train_in_run_dir(config, strategy, info, run_dir):
+    options_path = os.path.join(run_dir, reporting.OPTIONS_FILE)
+    if not os.path.exists(options_path):
+        reporting.write_json_atomic(options_path, {
+            **config.to_dict(), "num_replicas": strategy.num_replicas_in_sync,
+            "dataset_num_images": info.num_images, "versions": library_versions()})
+    logging.info("run directory: %s", run_dir)
+    logging.info("options: %s", json.dumps(config.to_dict(), sort_keys=True))
+    logging.info("%d replica(s): %s", strategy.num_replicas_in_sync,
+                 ", ".join(d for d in strategy.extended.worker_devices))
+
+    tf.random.set_seed(config.seed)
+    trainer = Trainer(config, strategy)
+    manager = tf.train.CheckpointManager(trainer.checkpoint,
+                                         os.path.join(run_dir, CHECKPOINT_DIR),
+                                         max_to_keep=config.keep_checkpoints)
+    if manager.latest_checkpoint:
+        trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        logging.info("resumed from %s at kimg %.3f", manager.latest_checkpoint,
+                     trainer.cur_nimg.numpy() / 1000)
+    logging.info("G: %d parameters, D: %d parameters", trainer.G.count_params(),
+                 trainer.D.count_params())
+
+    reporter = reporting.Reporter(run_dir)
+    columns, rows = reporting.grid_shape(config.resolution)
+    grid_z = np.random.RandomState(config.seed).randn(columns * rows, config.latent_size)
+    grid_z = grid_z.astype(np.float32)
+    cur_nimg = int(trainer.cur_nimg.numpy())
+    cur_tick = int(trainer.cur_tick.numpy())
+
+    if cur_nimg == 0:
+        reals_ds = dataset_lib.make_dataset(info, config.resolution, columns * rows,
+                                            shuffle=False, repeat=True, seed=config.seed)
+        reals = [image.numpy() for image in next(iter(reals_ds))]
+        grids = reporting.save_scale_grids(reals, "reals", run_dir, columns)
+        reporter.report_images("reals", grids, 0)
+        _snapshot_images(trainer, grid_z, columns, run_dir, reporter, 0)
+
+    ds = dataset_lib.make_dataset(info, config.resolution, config.batch_size,
+                                  mirror_augment=config.mirror_augment,
+                                  seed=config.seed + cur_nimg)
+    iterator = iter(strategy.experimental_distribute_dataset(ds))
+
+    total_nimg = int(config.total_kimg * 1000)
+    tick_nimg = max(int(config.tick_kimg * 1000), 1)
+    tick_start_nimg = cur_nimg
+    start_time = time.time()
+    tick_start_time = start_time
+    maintenance_sec = 0.0
+    sums, steps_in_tick = {}, 0
+    logging.info("training from kimg %.3f to %.3f", cur_nimg / 1000, config.total_kimg)
+
+    while cur_nimg < total_nimg:
+        step = cur_nimg // config.batch_size
+        stats = trainer.train_step(next(iterator), step)
+        stats = {key: float(value) for key, value in stats.items()}
+        bad = {key: value for key, value in stats.items() if not math.isfinite(value)}
+        if bad:
+            raise TrainingDivergedError(
+                f"non-finite loss at step {step} (kimg {cur_nimg / 1000:.3f}): "
+                + ", ".join(f"{k}={v}" for k, v in bad.items())
+                + f". Nothing was saved after it; the last good checkpoint is "
+                  f"{manager.latest_checkpoint or 'none (no checkpoint yet)'}. Rerun with "
+                  "the same --run_dir and a lower --lr to resume from it.")
+        for key, value in stats.items():
+            sums[key] = sums.get(key, 0.0) + value
+        steps_in_tick += 1
+        cur_nimg += config.batch_size
+        done = cur_nimg >= total_nimg
+        if cur_nimg < tick_start_nimg + tick_nimg and not done:
+            continue
+
+        cur_tick += 1
+        tick_end_time = time.time()
+        tick_sec = tick_end_time - tick_start_time
+        tick_kimg = (cur_nimg - tick_start_nimg) / 1000
+        report = {"tick": cur_tick, "kimg": cur_nimg / 1000,
+                  "time/total_sec": tick_end_time - start_time,
+                  "time/sec_per_tick": tick_sec,
+                  "time/sec_per_kimg": tick_sec / max(tick_kimg, 1e-9),
+                  "time/maintenance_sec": maintenance_sec,
+                  **reporting.memory_stats(),
+                  **{key: value / steps_in_tick for key, value in sums.items()}}
+        reporter.report_tick(report)
+        sums, steps_in_tick = {}, 0
+
+        maintenance_start = time.time()
+        if cur_tick % config.image_snapshot_ticks == 0 or done:
+            _snapshot_images(trainer, grid_z, columns, run_dir, reporter, cur_nimg / 1000)
+        if cur_tick % config.network_snapshot_ticks == 0 or done:
+            trainer.cur_nimg.assign(cur_nimg)
+            trainer.cur_tick.assign(cur_tick)
+            path = manager.save(checkpoint_number=cur_nimg)
+            logging.info("saved checkpoint %s", path)
+        tick_start_nimg = cur_nimg
+        tick_start_time = time.time()
+        maintenance_sec = tick_start_time - maintenance_start
+
+    reporter.close()
+    logging.info("training finished at kimg %.3f; run directory %s", cur_nimg / 1000, run_dir)
+    return run_dir
+
+
+def _snapshot_images(trainer, grid_z, columns, run_dir, reporter, kimg):
+    fakes = trainer.generate(grid_z, trainer.config.batch_size)
+    prefix = f"fakes{int(kimg):06d}"
+    grids = reporting.save_scale_grids(fakes, prefix, run_dir, columns)
+    reporter.report_images("fakes", grids, kimg)
