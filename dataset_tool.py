@@ -2,7 +2,7 @@
 
 Usage:
   python dataset_tool.py create_from_images TFRECORD_DIR IMAGE_DIR [--resolution=N]
-      [--channels=1|3] [--shuffle] [--seed=N] [--overwrite] [--skip_bad]
+      [--channels=1|3] [--shuffle] [--seed=N] [--overwrite | --exist_ok] [--skip_bad]
       [--progress_interval=N]
   python dataset_tool.py info TFRECORD_DIR
   python dataset_tool.py extract TFRECORD_DIR OUTPUT_DIR [--overwrite]
@@ -15,9 +15,10 @@ every record back as PNG into OUTPUT_DIR/rNN/000000.png, ...
 
 from __future__ import annotations
 
+import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from msg_tf import dataset_builder
 from msg_tf.tfrecord_format import DatasetError
@@ -37,6 +38,11 @@ flags.DEFINE_bool("shuffle", False, "Shuffle the record order (reproducibly, see
 flags.DEFINE_integer("seed", dataset_builder.DEFAULT_SEED, "Random seed for --shuffle.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing non-empty output directory.")
 flags.DEFINE_bool(
+    "exist_ok", False,
+    "create_from_images: if TFRECORD_DIR already holds a readable dataset, keep it and exit "
+    "with status 0 instead of failing (it is not compared with IMAGE_DIR).",
+)
+flags.DEFINE_bool(
     "skip_bad", False, "Skip unreadable or unsupported images instead of stopping."
 )
 flags.DEFINE_integer(
@@ -51,6 +57,12 @@ COMMANDS = {"create_from_images": 2, "info": 1, "extract": 2}
 def run_command(command: str, args: list[str]) -> None:
     if command == "create_from_images":
         tfrecord_dir, image_dir = args
+        if FLAGS.exist_ok and not FLAGS.overwrite and os.path.isdir(tfrecord_dir):
+            # describe_dataset raises DatasetError for a directory that is not a dataset.
+            summary = dataset_builder.describe_dataset(tfrecord_dir).summary()
+            logging.info("dataset %s already exists; left unchanged (--exist_ok)\n%s",
+                         tfrecord_dir, summary)
+            return
         # The library logs the final report, so nothing is printed here.
         dataset_builder.create_from_images(
             tfrecord_dir,

@@ -530,3 +530,22 @@ def test_cli_bad_image_error(mixed_dir, tmp_path):
     assert "Traceback" not in result.stderr
     assert not out.exists()
     assert leftover_temp_dirs(str(tmp_path)) == []
+
+
+def test_cli_exist_ok_keeps_dataset(small_dataset, tmp_path):
+    before = {name: os.path.getmtime(os.path.join(small_dataset, name))
+              for name in os.listdir(small_dataset)}
+    result = run_tool("create_from_images", small_dataset, tmp_path, "--exist_ok")
+    assert result.returncode == 0, result.stderr
+    assert "already exists; left unchanged (--exist_ok)" in result.stderr
+    after = {name: os.path.getmtime(os.path.join(small_dataset, name))
+             for name in os.listdir(small_dataset)}
+    assert after == before
+
+    not_a_dataset = tmp_path / "notes"
+    not_a_dataset.mkdir()
+    (not_a_dataset / "readme.txt").write_text("not a dataset")
+    result = run_tool("create_from_images", not_a_dataset, tmp_path, "--exist_ok")
+    assert result.returncode == 1
+    assert "error:" in result.stderr
+    assert str(not_a_dataset) in result.stderr
