@@ -57,6 +57,22 @@ def ema_beta(config: TrainingConfig) -> float:
     return 0.5 ** (config.batch_size / (config.ema_kimg * 1000.0))
 
 
+def variables_by_path(variables) -> dict:
+    """Key variables by their Keras path without the owner's name ("b8_conv0/kernel").
+
+    The checkpoint lists every variable explicitly: tf.train.Checkpoint does not follow
+    Keras 3's tracked lists of layers, so saving the models as objects would silently
+    drop every layer kept in a list.
+    """
+    keyed = {}
+    for variable in variables:
+        key = variable.path.split("/", 1)[-1]
+        if key in keyed:
+            raise ValueError(f"two variables share the checkpoint key {key!r}")
+        keyed[key] = variable
+    return keyed
+
+
 class Trainer:
     """Own the models, optimizers, checkpoint and compiled training step of one run.
 
@@ -86,7 +102,10 @@ class Trainer:
             self.cur_nimg = tf.Variable(0, dtype=tf.int64, trainable=False, name="cur_nimg")
             self.cur_tick = tf.Variable(0, dtype=tf.int64, trainable=False, name="cur_tick")
         self.checkpoint = tf.train.Checkpoint(
-            G=self.G, D=self.D, G_ema=self.G_ema, G_opt=self.G_opt, D_opt=self.D_opt,
+            G=variables_by_path(self.G.weights), D=variables_by_path(self.D.weights),
+            G_ema=variables_by_path(self.G_ema.weights),
+            G_opt=variables_by_path(self.G_opt.variables),
+            D_opt=variables_by_path(self.D_opt.variables),
             cur_nimg=self.cur_nimg, cur_tick=self.cur_tick)
         self._beta = ema_beta(config)
         self._train_step = tf.function(self._distributed_step)

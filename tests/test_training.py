@@ -129,6 +129,15 @@ def test_invalid_options(flag, value, message):
         validate(config)
 
 
+def all_variables(trainer):
+    return {f"{owner}/{variable.path}": variable
+            for owner, variables in [("G", trainer.G.weights), ("D", trainer.D.weights),
+                                     ("G_ema", trainer.G_ema.weights),
+                                     ("G_opt", trainer.G_opt.variables),
+                                     ("D_opt", trainer.D_opt.variables)]
+            for variable in variables}
+
+
 def read_stats(run_dir):
     with open(os.path.join(run_dir, "stats.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -150,11 +159,18 @@ def test_train_writes_run_dir_and_resumes(emoji_dataset, tmp_path):
 
     # Restore the saved state into a fresh trainer to compare with the resumed run.
     saved, _, _ = make_trainer(config, one_replica(), emoji_dataset)
+    fresh_values = {key: variable.numpy() for key, variable in all_variables(saved).items()}
     latest = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     assert latest.endswith("ckpt-64")
-    saved.checkpoint.restore(latest).assert_existing_objects_matched()
+    saved.checkpoint.restore(latest).assert_consumed()
     assert int(saved.cur_nimg.numpy()) == 64
     assert int(saved.G_opt.iterations.numpy()) == 8
+    # Every variable of every model and optimizer came from the checkpoint, none kept its
+    # fresh initial value (the learning rate and the frozen constant noise excepted).
+    unchanged = [key for key, variable in all_variables(saved).items()
+                 if np.array_equal(variable.numpy(), fresh_values[key])
+                 and not key.endswith("learning_rate")]
+    assert unchanged == []
 
     resumed = dataclasses.replace(config, total_kimg=0.096)
     training.train(resumed, one_replica())
