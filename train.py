@@ -51,6 +51,16 @@ flags.DEFINE_integer("channel_max", _DEFAULTS.channel_max, "Maximum feature maps
 flags.DEFINE_integer("latent_size", _DEFAULTS.latent_size, "Dimension of the latent z.")
 flags.DEFINE_integer("mbstd_group_size", _DEFAULTS.mbstd_group_size,
                      "Group size of the minibatch standard deviation layers (0: off).")
+flags.DEFINE_integer("mapping_depth", _DEFAULTS.mapping_depth,
+                     "MSG-StyleGAN: dense layers in the mapping network.")
+flags.DEFINE_integer("mapping_width", _DEFAULTS.mapping_width,
+                     "MSG-StyleGAN: width of the mapping network and size of w.")
+flags.DEFINE_float("mapping_lr_multiplier", _DEFAULTS.mapping_lr_multiplier,
+                   "MSG-StyleGAN: learning-rate multiplier of the mapping network.")
+flags.DEFINE_bool("blur", _DEFAULTS.blur,
+                  "MSG-StyleGAN: [1, 2, 1] blur after each upsampling conv.")
+flags.DEFINE_float("style_mixing_prob", _DEFAULTS.style_mixing_prob,
+                   "MSG-StyleGAN: probability per sample of style-mixing regularisation.")
 flags.DEFINE_bool("mirror_augment", _DEFAULTS.mirror_augment,
                   "Flip real images left-right at random (all scales alike).")
 flags.DEFINE_float("ema_kimg", _DEFAULTS.ema_kimg,

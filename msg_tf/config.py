@@ -11,7 +11,8 @@ OPTIMIZER_NAMES = ("adam", "rmsprop")
 # Options that change the shapes or meaning of checkpointed variables: a run can only
 # resume with the same values.
 ARCHITECTURE_KEYS = ("arch", "resolution", "latent_size", "channel_base", "channel_max",
-                     "combine", "mbstd_group_size", "num_channels", "optimizer")
+                     "combine", "mbstd_group_size", "num_channels", "optimizer",
+                     "mapping_depth", "mapping_width")
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,12 @@ class TrainingConfig:
     channel_max: int = 512
     latent_size: int = 512
     mbstd_group_size: int = 4
+    # MSG-StyleGAN only.
+    mapping_depth: int = 8
+    mapping_width: int = 512            # also the size of w
+    mapping_lr_multiplier: float = 0.01
+    blur: bool = True                   # [1, 2, 1] filter after each upsampling conv
+    style_mixing_prob: float = 0.0
     mirror_augment: bool = False
     ema_kimg: float = 10.0              # half-life of the generator's moving average
     seed: int = 1000
@@ -83,6 +90,17 @@ def validate(config: TrainingConfig) -> None:
     for flag, value in positive.items():
         if not value > 0:
             raise ConfigError(f"invalid --{flag}={value}: expected a positive number")
+    if config.arch == "stylegan":
+        for flag in ("mapping_depth", "mapping_width", "mapping_lr_multiplier"):
+            if not getattr(config, flag) > 0:
+                raise ConfigError(f"invalid --{flag}={getattr(config, flag)}: expected a "
+                                  "positive number")
+    if not 0.0 <= config.style_mixing_prob <= 1.0:
+        raise ConfigError(f"invalid --style_mixing_prob={config.style_mixing_prob}: expected "
+                          "a probability from 0 to 1")
+    if config.style_mixing_prob > 0 and config.arch != "stylegan":
+        raise ConfigError(f"--style_mixing_prob={config.style_mixing_prob} needs "
+                          "--arch=stylegan: only MSG-StyleGAN has styles to mix")
     if config.mbstd_group_size < 0:
         raise ConfigError(f"invalid --mbstd_group_size={config.mbstd_group_size}: expected "
                           "0 (off) or a positive group size")

@@ -14,7 +14,7 @@ from absl import logging
 from msg_tf import dataset as dataset_lib
 from msg_tf import losses, reporting
 from msg_tf.config import ARCHITECTURE_KEYS, ConfigError, TrainingConfig, check_batch_size
-from networks import MsgDiscriminator, MsgProGanGenerator
+from networks import MsgDiscriminator, MsgProGanGenerator, MsgStyleGanGenerator
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -29,6 +29,15 @@ def build_generator(config: TrainingConfig, name: str = "G") -> keras.Model:
                                num_channels=config.num_channels,
                                channel_base=config.channel_base,
                                channel_max=config.channel_max, name=name)
+    elif config.arch == "stylegan":
+        G = MsgStyleGanGenerator(config.resolution, latent_size=config.latent_size,
+                                 num_channels=config.num_channels,
+                                 channel_base=config.channel_base,
+                                 channel_max=config.channel_max,
+                                 mapping_depth=config.mapping_depth,
+                                 mapping_width=config.mapping_width,
+                                 mapping_lr_multiplier=config.mapping_lr_multiplier,
+                                 blur=config.blur, name=name)
     else:
         raise ConfigError(f"invalid --arch={config.arch!r}")
     G(tf.zeros([1, config.latent_size]))  # create the variables
@@ -107,9 +116,15 @@ class Trainer:
             G_opt=variables_by_path(self.G_opt.variables),
             D_opt=variables_by_path(self.D_opt.variables),
             cur_nimg=self.cur_nimg, cur_tick=self.cur_tick)
+        self.is_stylegan = config.arch == "stylegan"
         self._beta = ema_beta(config)
         self._train_step = tf.function(self._distributed_step)
-        self._generate = tf.function(lambda z: self.G_ema(z, training=False))
+        # Snapshots use the stored noise images of MSG-StyleGAN, so grids of the same
+        # latents differ between snapshots only because the weights changed.
+        if self.is_stylegan:
+            self._generate = tf.function(lambda z: self.G_ema(z, noise_mode="const"))
+        else:
+            self._generate = tf.function(lambda z: self.G_ema(z, training=False))
 
     # Latents are drawn for the whole global batch from (seed, step, purpose) and each
     # replica takes its slice, so one replica and N replicas see the same latents.
@@ -130,7 +145,7 @@ class Trainer:
         stats = {}
 
         # The D step needs no gradient through G, so G runs outside D's tape.
-        fakes = self.G(self._latents(step, 0), training=True)
+        fakes, _ = self._run_generator(self._latents(step, 0))
         with tf.GradientTape() as tape:
             per_sample, terms = losses.discriminator_loss(self.loss_config, self.D, reals, fakes)
             d_loss = self._mean(per_sample)
@@ -141,21 +156,51 @@ class Trainer:
 
         z = self._latents(step, 1)
         with tf.GradientTape() as tape:
-            fakes = self.G(z, training=True)
+            fakes, w_mean = self._run_generator(z)
             per_sample, terms = losses.generator_loss(self.loss_config, self.D, reals, fakes)
             g_loss = self._mean(per_sample)
         grads = tape.gradient(g_loss, self.G.trainable_variables)
         self.G_opt.apply_gradients(zip(grads, self.G.trainable_variables))
         stats["Loss/G"] = g_loss
         stats.update({key: self._mean(value) for key, value in terms.items()})
-        return stats
+        return stats, w_mean
+
+    def _run_generator(self, z):
+        """Return (images, this replica's share of the batch mean of w, or None)."""
+        if not self.is_stylegan:
+            return self.G(z, training=True), None
+        ws = self.G.map(z)                                           # [n, num_ws, w_size]
+        w_mean = tf.reduce_sum(ws[:, 0], axis=0) / self.config.batch_size
+        if self.config.style_mixing_prob > 0:
+            ws = self._mix_random_styles(ws, z)
+        return self.G.synthesize(ws), w_mean
+
+    def _mix_random_styles(self, ws, z):
+        """Style-mixing regularisation: per sample, with probability style_mixing_prob,
+        take the style layers from a random cutoff on from a second latent."""
+        num_ws = self.G.num_ws
+        ws_other = self.G.map(tf.random.normal(tf.shape(z)))
+        batch = tf.shape(z)[0]
+        cutoff = tf.random.uniform([batch], 1, num_ws, dtype=tf.int32)
+        mixed = tf.random.uniform([batch]) < self.config.style_mixing_prob
+        cutoff = tf.where(mixed, cutoff, num_ws)
+        take_other = tf.range(num_ws)[tf.newaxis, :] >= cutoff[:, tf.newaxis]  # [n, num_ws]
+        return tf.where(take_other[:, :, tf.newaxis], ws_other, ws)
 
     def _distributed_step(self, reals, step):
-        per_replica = self.strategy.run(self._replica_step, args=(reals, step))
+        per_replica, w_mean = self.strategy.run(self._replica_step, args=(reals, step))
         stats = {key: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
                  for key, value in per_replica.items()}
+        if w_mean is not None:
+            self.G.update_w_avg(
+                self.strategy.reduce(tf.distribute.ReduceOp.SUM, w_mean, axis=None))
+        # Trainable weights are averaged; the rest (StyleGAN's w_avg and fixed noise
+        # images) are statistics or constants, copied as they are.
         for ema_var, var in zip(self.G_ema.weights, self.G.weights):
-            ema_var.assign(var + (ema_var - var) * self._beta)
+            if var.trainable:
+                ema_var.assign(var + (ema_var - var) * self._beta)
+            else:
+                ema_var.assign(var)
         return stats
 
     def train_step(self, reals, step: int) -> dict:
