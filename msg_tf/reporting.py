@@ -54,6 +54,34 @@ def write_json_atomic(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def truncate_stats(run_dir: str, kimg: float) -> int:
+    """Drop stats.jsonl lines after `kimg` and any torn last line; return lines dropped.
+
+    A run killed after its newest checkpoint has reported ticks that the resumed run
+    will train and report again; keeping them would list those ticks twice.
+    """
+    path = os.path.join(run_dir, STATS_FILE)
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = f.read().split("\n")
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue                    # a torn line from a kill mid-write, or the end
+        if row.get("kimg", 0) <= kimg + 1e-9:
+            kept.append(line)
+    dropped = sum(1 for line in lines if line) - len(kept)
+    if dropped:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.write("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
+
+
 def memory_stats() -> dict:
     """Return the process's current and peak resident memory in GiB (Linux)."""
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

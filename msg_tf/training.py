@@ -299,6 +299,10 @@ def _train_in_run_dir(config, strategy, info, run_dir):
         trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         logging.info("resumed from %s at kimg %.3f", manager.latest_checkpoint,
                      trainer.cur_nimg.numpy() / 1000)
+        dropped = reporting.truncate_stats(run_dir, trainer.cur_nimg.numpy() / 1000)
+        if dropped:
+            logging.info("dropped %d stats.jsonl line(s) written after that checkpoint",
+                         dropped)
     logging.info("G: %d parameters, D: %d parameters", trainer.G.count_params(),
                  trainer.D.count_params())
 

@@ -138,6 +138,15 @@ def all_variables(trainer):
             for variable in variables}
 
 
+def test_truncate_stats_drops_later_and_torn_lines(tmp_path):
+    from msg_tf import reporting
+    rows = [{"tick": 1, "kimg": 1.0}, {"tick": 2, "kimg": 2.0}, {"tick": 3, "kimg": 3.0}]
+    text = "".join(json.dumps(row) + "\n" for row in rows) + '{"tick": 4, "ki'
+    (tmp_path / "stats.jsonl").write_text(text)
+    assert reporting.truncate_stats(str(tmp_path), 2.0) == 2
+    assert [row["tick"] for row in read_stats(tmp_path)] == [1, 2]
+
+
 def read_stats(run_dir):
     with open(os.path.join(run_dir, "stats.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -226,7 +235,7 @@ def test_sigkill_then_rerun_resumes(emoji_dataset, tmp_path):
     run_dir = tmp_path / "killed"
     command = [sys.executable, "train.py", f"--dataset={emoji_dataset}", f"--run_dir={run_dir}",
                "--resolution=16", "--channel_base=128", "--channel_max=16", "--latent_size=16",
-               "--batch_size=8", "--tick_kimg=0.016", "--network_snapshot_ticks=1",
+               "--batch_size=8", "--tick_kimg=0.016", "--network_snapshot_ticks=2",
                "--image_snapshot_ticks=100", "--total_kimg=50"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -252,3 +261,5 @@ def test_sigkill_then_rerun_resumes(emoji_dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resumed from {latest} at kimg {saved_nimg / 1000:.3f}" in result.stderr
     assert read_stats(run_dir)[-1]["kimg"] == pytest.approx((saved_nimg + 16) / 1000)
+    ticks = [row["tick"] for row in read_stats(run_dir)]
+    assert ticks == list(range(1, len(ticks) + 1))
