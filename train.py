@@ -74,6 +74,9 @@ flags.DEFINE_integer("network_snapshot_ticks", _DEFAULTS.network_snapshot_ticks,
                      "Save a checkpoint every this many ticks.")
 flags.DEFINE_integer("keep_checkpoints", _DEFAULTS.keep_checkpoints,
                      "Number of newest checkpoints kept on disk.")
+flags.DEFINE_enum("on_nan", _DEFAULTS.on_nan, ["stop", "rollback"],
+                  "On a NaN or infinite loss: stop with an error, or restore the last "
+                  "checkpoint and continue at half the learning rate (at most 3 times).")
 flags.mark_flag_as_required("dataset")
 
 
@@ -91,7 +94,8 @@ def main(argv):
     try:
         config_lib.validate(config)
         training.train(config)
-    except (config_lib.ConfigError, DatasetError, training.TrainingDivergedError) as error:
+    except (config_lib.ConfigError, DatasetError, training.TrainingDivergedError,
+            training.DiskSpaceError) as error:
         logging.error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -56,6 +56,7 @@ class TrainingConfig:
     image_snapshot_ticks: int = 10
     network_snapshot_ticks: int = 10
     keep_checkpoints: int = 5
+    on_nan: str = "stop"                # or "rollback": restore the last checkpoint, halve lr
     description: str = ""
 
     def to_dict(self) -> dict:
@@ -76,6 +77,7 @@ def validate(config: TrainingConfig) -> None:
     one_of("loss", config.loss, LOSS_NAMES)
     one_of("combine", config.combine, COMBINE_NAMES)
     one_of("optimizer", config.optimizer, OPTIMIZER_NAMES)
+    one_of("on_nan", config.on_nan, ("stop", "rollback"))
     if config.resolution:
         log2 = math.log2(config.resolution)
         if config.resolution < 8 or config.resolution > 1024 or log2 != int(log2):

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 
 import keras
@@ -17,6 +18,29 @@ from msg_tf.config import ARCHITECTURE_KEYS, ConfigError, TrainingConfig, check_
 from networks import MsgDiscriminator, MsgProGanGenerator, MsgStyleGanGenerator
 
 CHECKPOINT_DIR = "checkpoints"
+# --on_nan=rollback gives up after this many rollbacks in one process.
+MAX_ROLLBACKS = 3
+
+
+class DiskSpaceError(RuntimeError):
+    """Too little free disk space for the next snapshot; nothing was written."""
+
+
+# Room kept free beyond one checkpoint, for image grids, logs and the file system.
+DISK_MARGIN_BYTES = 64 << 20
+
+
+def check_disk_space(run_dir: str, needed_bytes: int) -> None:
+    """Raise DiskSpaceError unless the run directory's disk has room for a snapshot."""
+    free = shutil.disk_usage(run_dir).free
+    needed = needed_bytes + DISK_MARGIN_BYTES
+    if free < needed:
+        raise DiskSpaceError(
+            f"only {free / 2**20:.0f} MiB free on the disk of {run_dir}, but the next "
+            f"snapshot needs about {needed / 2**20:.0f} MiB (checkpoint plus "
+            f"{DISK_MARGIN_BYTES >> 20} MiB margin). Free some space or lower "
+            "--keep_checkpoints, then rerun the same command to resume from the last "
+            "checkpoint.")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -110,12 +134,15 @@ class Trainer:
             self.D_opt.build(self.D.trainable_variables)
             self.cur_nimg = tf.Variable(0, dtype=tf.int64, trainable=False, name="cur_nimg")
             self.cur_tick = tf.Variable(0, dtype=tf.int64, trainable=False, name="cur_tick")
+            # Halved by each --on_nan=rollback; the learning rate is lr * lr_scale.
+            self.lr_scale = tf.Variable(1.0, dtype=tf.float64, trainable=False,
+                                        name="lr_scale")
         self.checkpoint = tf.train.Checkpoint(
             G=variables_by_path(self.G.weights), D=variables_by_path(self.D.weights),
             G_ema=variables_by_path(self.G_ema.weights),
             G_opt=variables_by_path(self.G_opt.variables),
             D_opt=variables_by_path(self.D_opt.variables),
-            cur_nimg=self.cur_nimg, cur_tick=self.cur_tick)
+            cur_nimg=self.cur_nimg, cur_tick=self.cur_tick, lr_scale=self.lr_scale)
         self.is_stylegan = config.arch == "stylegan"
         self._beta = ema_beta(config)
         self._train_step = tf.function(self._distributed_step)
@@ -202,6 +229,26 @@ class Trainer:
             else:
                 ema_var.assign(var)
         return stats
+
+    def restore(self, prefix: str) -> None:
+        """Restore a checkpoint, then set the learning rate from the options.
+
+        Optimizers checkpoint their learning rate; the current --lr (times the rollback
+        scale) replaces it so that a resumed run can change it.
+        """
+        self.checkpoint.restore(prefix).assert_existing_objects_matched()
+        self.restore_learning_rate()
+
+    def restore_learning_rate(self) -> None:
+        learning_rate = self.config.lr * float(self.lr_scale.numpy())
+        for optimizer in (self.G_opt, self.D_opt):
+            optimizer.learning_rate.assign(learning_rate)
+
+    def checkpoint_bytes(self) -> int:
+        """Return the size of one checkpoint's tensors in bytes."""
+        variables = (self.G.weights + self.D.weights + self.G_ema.weights
+                     + self.G_opt.variables + self.D_opt.variables)
+        return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
 
     def train_step(self, reals, step: int) -> dict:
         """Run one D step and one G step on a distributed batch; return the mean losses."""
@@ -296,7 +343,7 @@ def _train_in_run_dir(config, strategy, info, run_dir):
                                          os.path.join(run_dir, CHECKPOINT_DIR),
                                          max_to_keep=config.keep_checkpoints)
     if manager.latest_checkpoint:
-        trainer.checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        trainer.restore(manager.latest_checkpoint)
         logging.info("resumed from %s at kimg %.3f", manager.latest_checkpoint,
                      trainer.cur_nimg.numpy() / 1000)
         dropped = reporting.truncate_stats(run_dir, trainer.cur_nimg.numpy() / 1000)
@@ -335,18 +382,36 @@ def _train_in_run_dir(config, strategy, info, run_dir):
     sums, steps_in_tick = {}, 0
     logging.info("training from kimg %.3f to %.3f", cur_nimg / 1000, config.total_kimg)
 
+    rollbacks = 0
     while cur_nimg < total_nimg:
         step = cur_nimg // config.batch_size
         stats = trainer.train_step(next(iterator), step)
         stats = {key: float(value) for key, value in stats.items()}
         bad = {key: value for key, value in stats.items() if not math.isfinite(value)}
         if bad:
-            raise TrainingDivergedError(
-                f"non-finite loss at step {step} (kimg {cur_nimg / 1000:.3f}): "
-                + ", ".join(f"{k}={v}" for k, v in bad.items())
-                + f". Nothing was saved after it; the last good checkpoint is "
-                  f"{manager.latest_checkpoint or 'none (no checkpoint yet)'}. Rerun with "
-                  "the same --run_dir and a lower --lr to resume from it.")
+            message = (f"non-finite loss at step {step} (kimg {cur_nimg / 1000:.3f}): "
+                       + ", ".join(f"{k}={v}" for k, v in bad.items()))
+            latest = manager.latest_checkpoint
+            if config.on_nan != "rollback" or latest is None or rollbacks >= MAX_ROLLBACKS:
+                reason = (f" after {rollbacks} rollbacks" if rollbacks else "")
+                raise TrainingDivergedError(
+                    f"{message}{reason}. Nothing was saved after it; the last good checkpoint "
+                    f"is {latest or 'none (no checkpoint yet)'}. Rerun with the same "
+                    "--run_dir and a lower --lr to resume from it.")
+            rollbacks += 1
+            trainer.lr_scale.assign(trainer.lr_scale * 0.5)
+            lr_scale = float(trainer.lr_scale.numpy())
+            trainer.checkpoint.restore(latest).assert_existing_objects_matched()
+            trainer.lr_scale.assign(lr_scale)
+            trainer.restore_learning_rate()
+            cur_nimg = int(trainer.cur_nimg.numpy())
+            cur_tick = int(trainer.cur_tick.numpy())
+            reporting.truncate_stats(run_dir, cur_nimg / 1000)
+            tick_start_nimg, sums, steps_in_tick = cur_nimg, {}, 0
+            logging.warning("%s; rolled back to %s (kimg %.3f) with learning rate %g "
+                            "(--on_nan=rollback, %d of at most %d)", message, latest,
+                            cur_nimg / 1000, config.lr * lr_scale, rollbacks, MAX_ROLLBACKS)
+            continue
         for key, value in stats.items():
             sums[key] = sums.get(key, 0.0) + value
         steps_in_tick += 1
@@ -370,9 +435,13 @@ def _train_in_run_dir(config, strategy, info, run_dir):
         sums, steps_in_tick = {}, 0
 
         maintenance_start = time.time()
-        if cur_tick % config.image_snapshot_ticks == 0 or done:
+        save_images = cur_tick % config.image_snapshot_ticks == 0 or done
+        save_network = cur_tick % config.network_snapshot_ticks == 0 or done
+        if save_images or save_network:
+            check_disk_space(run_dir, trainer.checkpoint_bytes())
+        if save_images:
             _snapshot_images(trainer, grid_z, columns, run_dir, reporter, cur_nimg / 1000)
-        if cur_tick % config.network_snapshot_ticks == 0 or done:
+        if save_network:
             trainer.cur_nimg.assign(cur_nimg)
             trainer.cur_tick.assign(cur_tick)
             path = manager.save(checkpoint_number=cur_nimg)

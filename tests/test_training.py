@@ -231,6 +231,55 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(emoji_dataset, tmp_path, mon
     assert sorted(os.listdir(checkpoint_dir)) == before
 
 
+def test_on_nan_rollback_halves_lr(emoji_dataset, tmp_path, monkeypatch):
+    config = small_config(emoji_dataset, tmp_path, total_kimg=0.048, network_snapshot_ticks=1,
+                          on_nan="rollback")
+    calls = tf.Variable(0, dtype=tf.int64)
+    real_loss = training.losses.generator_loss
+
+    def loss_diverging_once(*args, **kwargs):
+        per_sample, terms = real_loss(*args, **kwargs)
+        calls.assign_add(1)
+        # The fourth G step (step 3, after the checkpoint at step 2) gives NaN.
+        poison = tf.where(calls == 4, float("nan"), 1.0)
+        return per_sample * poison, terms
+
+    monkeypatch.setattr(training.losses, "generator_loss", loss_diverging_once)
+    run_dir = training.train(config, one_replica())
+    with open(os.path.join(run_dir, "log.txt")) as f:
+        log = f.read()
+    assert "non-finite loss at step 3 (kimg 0.024): Loss/G=nan; rolled back to" in log
+    assert "ckpt-16 (kimg 0.016) with learning rate 0.0015" in log
+    ticks = [row["tick"] for row in read_stats(run_dir)]
+    assert ticks == [1, 2, 3]
+    trainer, _, _ = make_trainer(config, one_replica(), emoji_dataset)
+    trainer.restore(tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")))
+    assert float(trainer.lr_scale.numpy()) == 0.5
+    assert float(trainer.G_opt.learning_rate.numpy()) == pytest.approx(0.0015)
+
+
+def test_resume_uses_new_lr(emoji_dataset, tmp_path):
+    config = small_config(emoji_dataset, tmp_path, total_kimg=0.016)
+    run_dir = training.train(config, one_replica())
+    trainer, _, _ = make_trainer(dataclasses.replace(config, lr=0.001), one_replica(),
+                                 emoji_dataset)
+    trainer.restore(tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")))
+    assert float(trainer.D_opt.learning_rate.numpy()) == pytest.approx(0.001)
+
+
+def test_full_disk_stops_before_writing(emoji_dataset, tmp_path, monkeypatch):
+    import shutil
+    config = small_config(emoji_dataset, tmp_path, total_kimg=0.032)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(training.shutil, "disk_usage",
+                        lambda path: usage._replace(free=10 << 20))
+    with pytest.raises(training.DiskSpaceError,
+                       match=r"only 10 MiB free on the disk of .*run, but the next snapshot "
+                             r"needs about 6\d MiB"):
+        training.train(config, one_replica())
+    assert not os.path.exists(os.path.join(config.run_dir, "checkpoints"))
+
+
 def test_sigkill_then_rerun_resumes(emoji_dataset, tmp_path):
     run_dir = tmp_path / "killed"
     command = [sys.executable, "train.py", f"--dataset={emoji_dataset}", f"--run_dir={run_dir}",
