@@ -337,7 +337,7 @@ def _train_in_run_dir(config, strategy, info, run_dir):
     logging.info("%d replica(s): %s", strategy.num_replicas_in_sync,
                  ", ".join(d for d in strategy.extended.worker_devices))
 
-    tf.random.set_seed(config.seed)
+    keras.utils.set_random_seed(config.seed)
     trainer = Trainer(config, strategy)
     manager = tf.train.CheckpointManager(trainer.checkpoint,
                                          os.path.join(run_dir, CHECKPOINT_DIR),

@@ -201,6 +201,19 @@ def test_train_writes_run_dir_and_resumes(emoji_dataset, tmp_path):
     assert np.isfinite(beta4)
 
 
+def test_same_seed_same_first_steps(emoji_dataset, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        config = small_config(emoji_dataset, tmp_path / name, total_kimg=0.032,
+                              mirror_augment=True)
+        runs.append(read_stats(training.train(config, one_replica())))
+    for first, second in zip(*runs):
+        for key in ("Loss/D", "Loss/G", "D/gp", "D/real_score"):
+            assert first[key] == pytest.approx(second[key], rel=1e-5, abs=1e-6), key
+    other = small_config(emoji_dataset, tmp_path / "c", total_kimg=0.032, seed=8)
+    assert read_stats(training.train(other, one_replica()))[0]["Loss/D"] != runs[0][0]["Loss/D"]
+
+
 def test_resume_rejects_changed_architecture(emoji_dataset, tmp_path):
     config = small_config(emoji_dataset, tmp_path, total_kimg=0.016)
     training.train(config, one_replica())
