@@ -80,15 +80,18 @@ def run_command(command: str) -> list[str]:
     """Run one subcommand and return the paths it wrote."""
     if not FLAGS.outdir:
         raise generation.GenerationError("missing --outdir: pass the folder to write to")
+
     # Seeds are parsed before the slow network load so that a typo fails at once.
     seeds = seeds_flag(command) if command in DEFAULT_SEEDS else None
     if command == "style_mixing":
         row_seeds = generation.parse_seeds(FLAGS.row_seeds, "row_seeds")
         column_seeds = generation.parse_seeds(FLAGS.col_seeds, "col_seeds")
+
     network = generation.load_network(FLAGS.network)
     options = dict(truncation_psi=FLAGS.truncation_psi,
                    truncation_cutoff=FLAGS.truncation_cutoff,
                    noise_mode=FLAGS.noise_mode, batch_size=FLAGS.batch_size)
+
     if command == "samples":
         return generation.write_samples(network, FLAGS.outdir, seeds,
                                         columns=FLAGS.columns, individual=FLAGS.individual,

@@ -118,15 +118,11 @@ def latents_for_seeds(seeds: list[int], latent_size: int) -> np.ndarray:
                      for seed in seeds]).astype(np.float32)
 
 
-def _arch_name(network: Network) -> str:
-    return "MSG-StyleGAN" if network.is_stylegan else "MSG-ProGAN"
-
-
-def require_stylegan(network: Network, what: str) -> None:
-    """Raise GenerationError naming `what` unless the network is an MSG-StyleGAN."""
+def require_stylegan(network: Network, feature: str) -> None:
+    """Raise GenerationError naming `feature` unless the network is an MSG-StyleGAN."""
     if not network.is_stylegan:
         raise GenerationError(
-            f"{what} needs an MSG-StyleGAN network, but {network.checkpoint} is MSG-ProGAN "
+            f"{feature} needs an MSG-StyleGAN network, but {network.checkpoint} is MSG-ProGAN "
             "(--arch=progan), which has no mapping network and no styles: use a run "
             "trained with --arch=stylegan")
 
@@ -343,7 +339,7 @@ def save_gif(frames: np.ndarray, path: str, fps: float) -> None:
 
     GIF stores frame delays in hundredths of a second, so the delay is 1 / fps rounded
     down to 10 ms. Pillow merges identical consecutive frames into one longer frame, so
-    a GIF of repeated frames holds fewer frames but plays for the same time.
+    a GIF of repeated frames contains fewer frames but plays for the same time.
     """
     images = [_pil_image(frame) for frame in frames]
     duration_ms = 1000.0 / fps
@@ -431,9 +427,9 @@ def render_sheet(network: Network, seeds: list[int], display_size: int = 0,
                  batch_size: int = 16) -> np.ndarray:
     """Return a uint8 sheet: one row per scale (coarse on top), one column per seed.
 
-    Every image is resized by nearest neighbour to `display_size` (0: the finest
-    resolution) and cells are `separator` pixels apart, so the sheet is
-    [S * D + (S - 1) * sep, N * D + (N - 1) * sep, C] for S scales and N seeds.
+    Every image is resized by nearest neighbour to `display_size` D (0: the finest
+    resolution), and cells are `separator` pixels apart. For S scales and N seeds the
+    sheet is [S * D + (S - 1) * separator, N * D + (N - 1) * separator, C].
     """
     if display_size < 0:
         raise GenerationError(f"invalid --display_size={display_size}: expected 0 (the "
@@ -660,6 +656,10 @@ class ExportedGenerator(tf.Module):
     def __init__(self, network: Network):
         super().__init__(name="msg_gan_generator")
         self.generator = network.G
+        # Keras 3 hands its tracked lists to tf.saved_model as plain lists, so layers in
+        # nested lists (MsgProGanGenerator.block_convs) are not reachable from the model.
+        # Tracking every weight here makes the SavedModel hold them all.
+        self.generator_weights = list(network.G.weights)
         self.is_stylegan = network.is_stylegan
         self.latent_size = tf.Variable(network.latent_size, dtype=tf.int32, trainable=False,
                                        name="latent_size")
