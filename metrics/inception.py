@@ -345,7 +345,10 @@ class InceptionFeatures:
         self.has_logits = has_logits
         self.weights_sha256 = weights_sha256
         self.weights_path = weights_path
-        self._forward = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        # One trace serves every batch and image size, because the resize runs inside.
+        self._forward = tf.function(
+            lambda x: model(x, training=False),
+            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
 
     @classmethod
     def load(cls, weights_path: str | None = None) -> "InceptionFeatures":
