@@ -110,18 +110,19 @@ def _append_line(path: str, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def _write_tensorboard(run_dir: str, results: dict, kimg: float | None) -> None:
+def _write_tensorboard(writer, results: dict, kimg: float | None) -> None:
     import tensorflow as tf
 
-    writer = tf.summary.create_file_writer(run_dir)
-    step = int(round((kimg or 0) * 1000))
-    with writer.as_default(step=step):
+    # The step is the image count, as in the training statistics.
+    with writer.as_default(step=int(round((kimg or 0) * 1000))):
         for key, value in results.items():
             tf.summary.scalar(f"Metrics/{key}", value)
-    writer.close()
+    writer.flush()
 
 
 def _evaluate_network(names: list[str]) -> list[dict]:
+    import tensorflow as tf
+
     from metrics import registry
     from msg_tf import dataset, inference
 
@@ -132,6 +133,7 @@ def _evaluate_network(names: list[str]) -> list[dict]:
     generate = _generate_fn(G, config.arch == "stylegan")
     kimg = _kimg_of(prefix)
     records = []
+    writer = tf.summary.create_file_writer(run_dir)
     for name in names:
         start = time.time()
         results = registry.compute_metric(
@@ -142,8 +144,9 @@ def _evaluate_network(names: list[str]) -> list[dict]:
                   "snapshot": prefix, "kimg": kimg, "time": round(time.time() - start, 2),
                   "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "data": data_path}
         _append_line(os.path.join(run_dir, f"metric-{name}.jsonl"), record)
-        _write_tensorboard(run_dir, results, kimg)
+        _write_tensorboard(writer, results, kimg)
         records.append(record)
+    writer.close()
     return records
 
 

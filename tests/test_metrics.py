@@ -373,3 +373,41 @@ def test_calc_metrics_cli_folders(tmp_path, capsys):
     assert record["metric"] == "swd40"
     assert record["value"] == record["results"]["swd40"]
     assert sorted(record["results"]) == ["swd40", "swd40/16x16"]
+
+
+def test_calc_metrics_cli_network(emoji_dataset, tmp_path, capsys):
+    import calc_metrics
+    import tensorflow as tf
+    from absl import flags
+
+    from msg_tf import training
+    from msg_tf.config import TrainingConfig
+
+    run_dir = tmp_path / "run"
+    config = TrainingConfig(dataset=emoji_dataset, run_dir=str(run_dir), resolution=32,
+                            num_channels=3, latent_size=8, channel_base=64, channel_max=8)
+    G = training.build_generator(config, name="G_ema")
+    G(np.zeros((1, 8), np.float32))
+    run_dir.mkdir()
+    with open(run_dir / "training_options.json", "w") as f:
+        json.dump(config.to_dict(), f)
+    checkpoint = tf.train.Checkpoint(G_ema=training.variables_by_path(G.weights))
+    tf.train.CheckpointManager(checkpoint, str(run_dir / "checkpoints"), 1).save(
+        checkpoint_number=4000)
+
+    flags.FLAGS(["calc_metrics", "--metrics=swd16", f"--network={run_dir}"])
+    try:
+        calc_metrics.run(["calc_metrics"])
+    finally:
+        flags.FLAGS.unparse_flags()
+
+    with open(run_dir / "metric-swd16.jsonl") as f:
+        lines = f.read().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["metric"] == "swd16"
+    assert record["kimg"] == 4.0
+    assert record["snapshot"].endswith("ckpt-4000")
+    assert record["value"] == record["results"]["swd16"] > 0
+    assert json.loads(capsys.readouterr().out.strip()) == record
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir))
