@@ -65,6 +65,9 @@ flags.DEFINE_bool("mirror_augment", _DEFAULTS.mirror_augment,
                   "Flip real images left-right at random (all scales alike).")
 flags.DEFINE_float("ema_kimg", _DEFAULTS.ema_kimg,
                    "Half-life of the generator's moving average, in kimg.")
+flags.DEFINE_float("ema_rampup", _DEFAULTS.ema_rampup,
+                   "If above 0, cap the EMA half-life at this fraction of the images shown "
+                   "so far (0.05 suits short runs); 0 keeps the fixed half-life.")
 flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed for weights, latents and data order.")
 flags.DEFINE_float("tick_kimg", _DEFAULTS.tick_kimg,
                    "Progress report interval in kimg.")

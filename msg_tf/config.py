@@ -51,6 +51,7 @@ class TrainingConfig:
     style_mixing_prob: float = 0.0
     mirror_augment: bool = False
     ema_kimg: float = 10.0              # half-life of the generator's moving average
+    ema_rampup: float = 0.0             # > 0: half-life at most ema_rampup * images shown
     seed: int = 1000
     tick_kimg: float = 4.0
     image_snapshot_ticks: int = 10
@@ -103,6 +104,9 @@ def validate(config: TrainingConfig) -> None:
     if config.style_mixing_prob > 0 and config.arch != "stylegan":
         raise ConfigError(f"--style_mixing_prob={config.style_mixing_prob} needs "
                           "--arch=stylegan: only MSG-StyleGAN has styles to mix")
+    if config.ema_rampup < 0:
+        raise ConfigError(f"invalid --ema_rampup={config.ema_rampup}: expected 0 (off) or a "
+                          "positive fraction such as 0.05")
     if config.mbstd_group_size < 0:
         raise ConfigError(f"invalid --mbstd_group_size={config.mbstd_group_size}: expected "
                           "0 (off) or a positive group size")

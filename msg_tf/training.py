@@ -85,9 +85,18 @@ def make_optimizer(config: TrainingConfig) -> keras.optimizers.Optimizer:
                                  beta_2=config.adam_beta2, epsilon=config.adam_epsilon)
 
 
-def ema_beta(config: TrainingConfig) -> float:
-    """Return the per-step EMA decay giving a half-life of `ema_kimg` thousand images."""
-    return 0.5 ** (config.batch_size / (config.ema_kimg * 1000.0))
+def ema_beta(config: TrainingConfig, cur_nimg: int) -> float:
+    """Return the per-step EMA decay for a half-life of `ema_kimg` thousand images.
+
+    With `ema_rampup`, the half-life is at most `ema_rampup * cur_nimg` images, so the
+    average forgets the random initial weights within the first few kimg. Without it,
+    G_ema is still half initial weights after `ema_kimg`, which makes short runs' grids
+    look like noise at the coarse scales.
+    """
+    ema_nimg = config.ema_kimg * 1000.0
+    if config.ema_rampup > 0:
+        ema_nimg = min(ema_nimg, cur_nimg * config.ema_rampup)
+    return 0.5 ** (config.batch_size / max(ema_nimg, 1e-8))
 
 
 def variables_by_path(variables) -> dict:
@@ -144,7 +153,6 @@ class Trainer:
             D_opt=variables_by_path(self.D_opt.variables),
             cur_nimg=self.cur_nimg, cur_tick=self.cur_tick, lr_scale=self.lr_scale)
         self.is_stylegan = config.arch == "stylegan"
-        self._beta = ema_beta(config)
         self._train_step = tf.function(self._distributed_step)
         # Snapshots use the stored noise images of MSG-StyleGAN, so grids of the same
         # latents differ between snapshots only because the weights changed.
@@ -214,7 +222,7 @@ class Trainer:
         take_other = tf.range(num_ws)[tf.newaxis, :] >= cutoff[:, tf.newaxis]  # [n, num_ws]
         return tf.where(take_other[:, :, tf.newaxis], ws_other, ws)
 
-    def _distributed_step(self, reals, step):
+    def _distributed_step(self, reals, step, beta):
         per_replica, w_mean = self.strategy.run(self._replica_step, args=(reals, step))
         stats = {key: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
                  for key, value in per_replica.items()}
@@ -225,7 +233,7 @@ class Trainer:
         # images) are statistics or constants, copied as they are.
         for ema_var, var in zip(self.G_ema.weights, self.G.weights):
             if var.trainable:
-                ema_var.assign(var + (ema_var - var) * self._beta)
+                ema_var.assign(var + (ema_var - var) * tf.cast(beta, var.dtype))
             else:
                 ema_var.assign(var)
         return stats
@@ -251,8 +259,14 @@ class Trainer:
         return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)
 
     def train_step(self, reals, step: int) -> dict:
-        """Run one D step and one G step on a distributed batch; return the mean losses."""
-        return self._train_step(reals, tf.constant(step, tf.int64))
+        """Run one D step and one G step on a distributed batch; return the mean losses.
+
+        `step` counts iterations from the start of training; it seeds the latents and
+        sets the EMA decay.
+        """
+        beta = ema_beta(self.config, step * self.config.batch_size)
+        return self._train_step(reals, tf.constant(step, tf.int64),
+                                tf.constant(beta, tf.float32))
 
     def generate(self, z: np.ndarray, batch_size: int) -> list[np.ndarray]:
         """Run G_ema on `z` in chunks; return one array per scale."""

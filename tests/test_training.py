@@ -87,9 +87,19 @@ def test_two_replicas_match_one(emoji_dataset, tmp_path, loss):
 
 def test_ema_half_life():
     config = TrainingConfig(dataset="", batch_size=32, ema_kimg=10.0)
-    beta = training.ema_beta(config)
+    beta = training.ema_beta(config, cur_nimg=123_456)
     steps_per_half_life = 10_000 / 32
     assert beta ** steps_per_half_life == pytest.approx(0.5, rel=1e-9)
+
+
+def test_ema_rampup_caps_half_life():
+    config = TrainingConfig(dataset="", batch_size=32, ema_kimg=10.0, ema_rampup=0.05)
+    # After 40,000 images the half-life is 0.05 * 40,000 = 2,000 images = 62.5 steps.
+    beta = training.ema_beta(config, cur_nimg=40_000)
+    assert beta ** (2_000 / 32) == pytest.approx(0.5, rel=1e-9)
+    # Past 200,000 images the fixed half-life of 10 kimg applies again.
+    assert training.ema_beta(config, cur_nimg=400_000) == training.ema_beta(
+        dataclasses.replace(config, ema_rampup=0.0), cur_nimg=0)
 
 
 def test_batch_not_divisible_by_replicas(emoji_dataset, tmp_path):
@@ -191,14 +201,15 @@ def test_train_writes_run_dir_and_resumes(emoji_dataset, tmp_path):
     after, _, _ = make_trainer(config, one_replica(), emoji_dataset)
     after.checkpoint.restore(tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")))
     assert int(after.G_opt.iterations.numpy()) == 12
-    # The EMA continued from the saved average rather than restarting from G.
-    ema_saved = saved.G_ema.weights[0].numpy()
-    ema_after = after.G_ema.weights[0].numpy()
-    g_after = after.G.weights[0].numpy()
-    beta4 = training.ema_beta(config) ** 4
-    assert np.abs(ema_after - ema_saved).max() > 0
-    assert np.abs(ema_after - g_after).max() > 0
-    assert np.isfinite(beta4)
+    # One more step on the restored state moves G_ema by the EMA rule from its saved value.
+    ema_before = [v.numpy() for v in saved.G_ema.weights]
+    info = dataset_lib.inspect_dataset(emoji_dataset)
+    saved.train_step(next(iter(dataset_lib.make_dataset(info, 16, 8))), 8)
+    beta = training.ema_beta(config, 8 * 8)
+    for before, ema, g in zip(ema_before, saved.G_ema.weights, saved.G.weights):
+        np.testing.assert_allclose(ema.numpy(), g.numpy() + (before - g.numpy()) * beta,
+                                   rtol=1e-5, atol=1e-6)
+    assert not np.allclose(saved.G_ema.weights[0].numpy(), saved.G.weights[0].numpy())
 
 
 def test_same_seed_same_first_steps(emoji_dataset, tmp_path):
