@@ -131,8 +131,12 @@ class MsgStyleGanGenerator(keras.Model):
 
         self.mapping = MappingNetwork(mapping_depth, mapping_width, mapping_width,
                                       mapping_lr_multiplier, name="mapping")
-        self.const_input = self.add_weight(name="const", shape=(1, 4, 4, nf(4)),
-                                           initializer="ones")
+        # StyleGAN v1 starts the constant at ones. Then the first AdaIN normalises a flat
+        # map whose spatial spread is rounding error, and amplifies it by orders of
+        # magnitude; a N(0, 1) start, as in StyleGAN2, avoids that.
+        self.const_input = self.add_weight(
+            name="const", shape=(1, 4, 4, nf(4)),
+            initializer=keras.initializers.RandomNormal(stddev=1.0))
         self.w_avg = self.add_weight(name="w_avg", shape=(mapping_width,), initializer="zeros",
                                      trainable=False)
         self.convs = [None, EqualizedConv2D(nf(4), 3, name="b4_conv")]
