@@ -100,16 +100,6 @@ def _kimg_of(prefix: str) -> float | None:
     return int(suffix) / 1000 if suffix.isdigit() else None
 
 
-def _append_line(path: str, record: dict) -> None:
-    line = json.dumps(record, sort_keys=True) + "\n"
-    with open(path, "a") as f:
-        # One write call of the whole line in append mode, so on a local file system
-        # concurrent appends (training and this tool) do not split each other's lines.
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _write_tensorboard(writer, results: dict, kimg: float | None) -> None:
     import tensorflow as tf
 
@@ -124,7 +114,7 @@ def _evaluate_network(names: list[str]) -> list[dict]:
     import tensorflow as tf
 
     from metrics import registry
-    from msg_tf import dataset, inference
+    from msg_tf import dataset, inference, reporting
 
     G, config, prefix = inference.load_generator(FLAGS.network)
     run_dir = os.path.dirname(os.path.dirname(prefix))
@@ -143,7 +133,7 @@ def _evaluate_network(names: list[str]) -> list[dict]:
         record = {"metric": name, "results": results, "value": results.get(name),
                   "snapshot": prefix, "kimg": kimg, "time": round(time.time() - start, 2),
                   "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "data": data_path}
-        _append_line(os.path.join(run_dir, f"metric-{name}.jsonl"), record)
+        reporting.append_jsonl(os.path.join(run_dir, f"metric-{name}.jsonl"), record)
         _write_tensorboard(writer, results, kimg)
         records.append(record)
     writer.close()

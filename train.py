@@ -77,6 +77,13 @@ flags.DEFINE_integer("network_snapshot_ticks", _DEFAULTS.network_snapshot_ticks,
                      "Save a checkpoint every this many ticks.")
 flags.DEFINE_integer("keep_checkpoints", _DEFAULTS.keep_checkpoints,
                      "Number of newest checkpoints kept on disk.")
+flags.DEFINE_list("metrics", [], "Metrics to compute on G_ema during training, e.g. "
+                  "fid10k,swd1k; results go to metric-<name>.jsonl and TensorBoard.")
+flags.DEFINE_integer("metric_ticks", _DEFAULTS.metric_ticks,
+                     "Compute --metrics every this many ticks (0: at every checkpoint).")
+flags.DEFINE_string("inception_weights", _DEFAULTS.inception_weights,
+                    "Converted Inception weights for FID, KID and IS (default: "
+                    "$MSG_TF_INCEPTION_WEIGHTS, then ~/.cache/msg_tf).")
 flags.DEFINE_enum("on_nan", _DEFAULTS.on_nan, ["stop", "rollback"],
                   "On a NaN or infinite loss: stop with an error, or restore the last "
                   "checkpoint and continue at half the learning rate (at most 3 times).")
@@ -87,6 +94,7 @@ def config_from_flags() -> config_lib.TrainingConfig:
     values = {field.name: FLAGS[field.name].value
               for field in dataclasses.fields(config_lib.TrainingConfig)
               if field.name in FLAGS}
+    values["metrics"] = tuple(values.get("metrics") or ())
     return config_lib.TrainingConfig(**values)
 
 

@@ -57,6 +57,9 @@ class TrainingConfig:
     image_snapshot_ticks: int = 10
     network_snapshot_ticks: int = 10
     keep_checkpoints: int = 5
+    metrics: tuple = ()                 # metric names, e.g. ("fid10k", "swd1k")
+    metric_ticks: int = 0               # 0: at every checkpoint
+    inception_weights: str = ""         # converted Inception weights for FID, KID and IS
     on_nan: str = "stop"                # or "rollback": restore the last checkpoint, halve lr
     description: str = ""
 
@@ -104,12 +107,34 @@ def validate(config: TrainingConfig) -> None:
     if config.style_mixing_prob > 0 and config.arch != "stylegan":
         raise ConfigError(f"--style_mixing_prob={config.style_mixing_prob} needs "
                           "--arch=stylegan: only MSG-StyleGAN has styles to mix")
+    if config.metric_ticks < 0:
+        raise ConfigError(f"invalid --metric_ticks={config.metric_ticks}: expected 0 (every "
+                          "checkpoint) or a positive tick count")
+    check_metrics(config)
     if config.ema_rampup < 0:
         raise ConfigError(f"invalid --ema_rampup={config.ema_rampup}: expected 0 (off) or a "
                           "positive fraction such as 0.05")
     if config.mbstd_group_size < 0:
         raise ConfigError(f"invalid --mbstd_group_size={config.mbstd_group_size}: expected "
                           "0 (off) or a positive group size")
+
+
+def check_metrics(config: TrainingConfig) -> None:
+    """Raise ConfigError for an unknown metric name or missing Inception weights.
+
+    Checked before training starts, so a typo or a missing weights file fails at once
+    rather than at the first metric evaluation hours later.
+    """
+    if not config.metrics:
+        return
+    from metrics import inception, registry
+
+    try:
+        specs = [registry.parse_metric_name(name) for name in config.metrics]
+        if any(spec.kind in ("fid", "kid", "is") for spec in specs):
+            inception.find_weights(config.inception_weights or None)
+    except ValueError as error:
+        raise ConfigError(f"invalid --metrics={','.join(config.metrics)}: {error}") from error
 
 
 def check_batch_size(config: TrainingConfig, num_replicas: int) -> int:

@@ -91,6 +91,19 @@ def memory_stats() -> dict:
             "mem/peak_rss_gb": peak_kib / 2**20}
 
 
+def append_jsonl(path: str, record: dict) -> None:
+    """Append one JSON line with a single write, then fsync.
+
+    One write call of the whole line in append mode keeps concurrent appenders (training
+    and calc_metrics.py) from splitting each other's lines on a local file system.
+    """
+    line = json.dumps(record, sort_keys=True) + "\n"
+    with open(path, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 class Reporter:
     """Fan each tick's values out to the console, stats.jsonl and TensorBoard."""
 
@@ -108,15 +121,16 @@ class Reporter:
                 f"rss {stats['mem/rss_gb']:.2f}GB  "
                 + "  ".join(f"{k} {v:.4f}" for k, v in stats.items() if k.startswith("Loss/")))
         absl_logging.info(line)
-        with open(os.path.join(self.run_dir, STATS_FILE), "a") as f:
-            f.write(json.dumps(stats, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        step = int(round(stats["kimg"] * 1000))
-        with self.writer.as_default(step=step):
-            for key, value in stats.items():
-                if key not in ("tick", "kimg") and isinstance(value, (int, float)):
-                    tf.summary.scalar(key, value)
+        append_jsonl(os.path.join(self.run_dir, STATS_FILE), stats)
+        self.report_scalars({key: value for key, value in stats.items()
+                             if key not in ("tick", "kimg")}, stats["kimg"])
+
+    def report_scalars(self, scalars: dict, kimg: float, prefix: str = "") -> None:
+        """Write scalars to TensorBoard at step kimg * 1000 (the image count)."""
+        with self.writer.as_default(step=int(round(kimg * 1000))):
+            for key, value in scalars.items():
+                if isinstance(value, (int, float)):
+                    tf.summary.scalar(prefix + key, value)
         self.writer.flush()
 
     def report_images(self, tag: str, grids: dict, kimg: float) -> None:

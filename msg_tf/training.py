@@ -374,6 +374,7 @@ def _train_in_run_dir(config, strategy, info, run_dir):
     cur_nimg = int(trainer.cur_nimg.numpy())
     cur_tick = int(trainer.cur_tick.numpy())
 
+    stability = StabilityTracker(config)
     if cur_nimg == 0:
         reals_ds = dataset_lib.make_dataset(info, config.resolution, columns * rows,
                                             shuffle=False, repeat=True, seed=config.seed)
@@ -381,6 +382,7 @@ def _train_in_run_dir(config, strategy, info, run_dir):
         grids = reporting.save_scale_grids(reals, "reals", run_dir, columns)
         reporter.report_images("reals", grids, 0)
         _snapshot_images(trainer, grid_z, columns, run_dir, reporter, 0)
+        stability.measure(trainer)
 
     ds = dataset_lib.make_dataset(info, config.resolution, config.batch_size,
                                   mirror_augment=config.mirror_augment,
@@ -445,7 +447,6 @@ def _train_in_run_dir(config, strategy, info, run_dir):
                   "time/maintenance_sec": maintenance_sec,
                   **reporting.memory_stats(),
                   **{key: value / steps_in_tick for key, value in sums.items()}}
-        reporter.report_tick(report)
         sums, steps_in_tick = {}, 0
 
         maintenance_start = time.time()
@@ -455,11 +456,16 @@ def _train_in_run_dir(config, strategy, info, run_dir):
             check_disk_space(run_dir, trainer.checkpoint_bytes())
         if save_images:
             _snapshot_images(trainer, grid_z, columns, run_dir, reporter, cur_nimg / 1000)
+            report.update(stability.measure(trainer))
+        reporter.report_tick(report)
         if save_network:
             trainer.cur_nimg.assign(cur_nimg)
             trainer.cur_tick.assign(cur_tick)
             path = manager.save(checkpoint_number=cur_nimg)
             logging.info("saved checkpoint %s", path)
+            metric_ticks = config.metric_ticks or config.network_snapshot_ticks
+            if config.metrics and (cur_tick % metric_ticks == 0 or done):
+                _run_metrics(trainer, info, run_dir, reporter, cur_nimg / 1000, path)
         tick_start_nimg = cur_nimg
         tick_start_time = time.time()
         maintenance_sec = tick_start_time - maintenance_start
@@ -467,6 +473,58 @@ def _train_in_run_dir(config, strategy, info, run_dir):
     reporter.close()
     logging.info("training finished at kimg %.3f; run directory %s", cur_nimg / 1000, run_dir)
     return run_dir
+
+
+class StabilityTracker:
+    """Training stability as in the MSG-GAN paper's Figure 6.
+
+    At each image snapshot, `measure` returns the mean squared error per scale between
+    G_ema's images of 36 fixed latents now and at the previous snapshot of this process
+    (images in [-1, 1]). The first snapshot after a start or resume has no predecessor
+    and returns nothing.
+    """
+
+    NUM_LATENTS = 36
+
+    def __init__(self, config: TrainingConfig):
+        rng = np.random.RandomState(config.seed + 1)
+        self.z = rng.randn(self.NUM_LATENTS, config.latent_size).astype(np.float32)
+        self.previous = None
+
+    def measure(self, trainer) -> dict:
+        images = trainer.generate(self.z, trainer.config.batch_size)
+        result = {}
+        if self.previous is not None:
+            for before, now in zip(self.previous, images):
+                res = now.shape[1]
+                result[f"stability/mse_{res}x{res}"] = float(np.mean((now - before) ** 2))
+        self.previous = images
+        return result
+
+
+def _run_metrics(trainer, info, run_dir, reporter, kimg, checkpoint_path):
+    """Compute the configured metrics on G_ema; append to metric-<name>.jsonl."""
+    from metrics import registry
+
+    config = trainer.config
+
+    def generate(z):
+        return trainer.generate(np.asarray(z, np.float32), config.batch_size)
+
+    for name in config.metrics:
+        start = time.time()
+        results = registry.compute_metric(
+            name, generate, info, num_channels=config.num_channels,
+            latent_size=config.latent_size, batch_size=config.batch_size,
+            weights_path=config.inception_weights or None, seed=config.seed)
+        record = {"metric": name, "results": results, "value": results.get(name),
+                  "snapshot": checkpoint_path, "kimg": kimg,
+                  "time": round(time.time() - start, 2),
+                  "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "data": info.path}
+        reporting.append_jsonl(os.path.join(run_dir, f"metric-{name}.jsonl"), record)
+        reporter.report_scalars(results, kimg, prefix="Metrics/")
+        logging.info("metric %s at kimg %.3f: %s", name, kimg,
+                     ", ".join(f"{key} {value:.4f}" for key, value in results.items()))
 
 
 def _snapshot_images(trainer, grid_z, columns, run_dir, reporter, kimg):

@@ -291,6 +291,45 @@ def test_resume_uses_new_lr(emoji_dataset, tmp_path):
     assert float(trainer.D_opt.learning_rate.numpy()) == pytest.approx(0.001)
 
 
+def test_metrics_and_stability_during_training(emoji_dataset, tmp_path):
+    config = small_config(emoji_dataset, tmp_path, total_kimg=0.048, image_snapshot_ticks=1,
+                          network_snapshot_ticks=1, metrics=("swd64",), metric_ticks=2)
+    run_dir = training.train(config, one_replica())
+    with open(os.path.join(run_dir, "metric-swd64.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    # Ticks 2 and 3: every second tick and the last one.
+    assert [record["kimg"] for record in records] == [0.032, 0.048]
+    for record in records:
+        assert record["metric"] == "swd64"
+        assert np.isfinite(record["value"]) and record["value"] > 0
+        assert record["snapshot"].endswith(f"ckpt-{int(record['kimg'] * 1000)}")
+    stats = read_stats(run_dir)
+    for row in stats:
+        for res in (4, 8, 16):
+            assert row[f"stability/mse_{res}x{res}"] > 0
+    from tensorboard.backend.event_processing import event_accumulator
+    events = event_accumulator.EventAccumulator(run_dir)
+    events.Reload()
+    assert "Metrics/swd64" in events.Tags()["tensors"] or "Metrics/swd64" in events.Tags()["scalars"]
+
+
+@pytest.mark.parametrize("names, message", [
+    (("fid10", "sdw1k"), r"invalid --metrics=fid10,sdw1k: .*sdw1k"),
+])
+def test_invalid_metric_names(names, message, emoji_dataset):
+    with pytest.raises(ConfigError, match=message):
+        validate(TrainingConfig(dataset=emoji_dataset, metrics=names))
+
+
+def test_fid_without_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("MSG_TF_INCEPTION_WEIGHTS", str(tmp_path / "none.weights.h5"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = TrainingConfig(dataset="x", metrics=("fid1k",),
+                            inception_weights=str(tmp_path / "absent.weights.h5"))
+    with pytest.raises(ConfigError, match=r"invalid --metrics=fid1k: .*absent.weights.h5"):
+        validate(config)
+
+
 def test_full_disk_stops_before_writing(emoji_dataset, tmp_path, monkeypatch):
     import shutil
     config = small_config(emoji_dataset, tmp_path, total_kimg=0.032)
