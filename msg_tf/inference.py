@@ -56,9 +56,16 @@ def load_generator(path: str) -> tuple[keras.Model, TrainingConfig, str]:
     G = build_generator(config, name="G_ema")
     names = {name for name, _ in tf.train.list_variables(prefix)}
     if not any(name.startswith("G_ema/") for name in names):
-        raise ConfigError(f"checkpoint {prefix} holds no G_ema variables: it was not "
-                          "written by this version of train.py")
+        raise ConfigError(f"checkpoint {prefix} contains no G_ema variables, so it is not a "
+                          "train.py checkpoint with a generator: pass a run directory or a "
+                          "checkpoint written by train.py")
     status = tf.train.Checkpoint(G_ema=variables_by_path(G.weights)).restore(prefix)
     status.expect_partial()
-    status.assert_existing_objects_matched()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError as error:
+        raise ConfigError(
+            f"checkpoint {prefix} does not match the generator described by "
+            f"{os.path.join(run_dir, reporting.OPTIONS_FILE)} ({error}): the options file "
+            "and the checkpoint come from different runs or versions of train.py") from error
     return G, config, prefix

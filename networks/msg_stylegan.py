@@ -31,9 +31,8 @@ def blur_121(x):
 def adaptive_instance_norm(x, style_scale, style_bias, epsilon=1e-8):
     """Normalise each feature map of `x` [N, H, W, C] per sample, then apply the style.
 
-    `style_scale` and `style_bias` are [N, C]. StyleGAN parameterises the scale as
-    `1 + style_scale` so that a zero-initialised bias in the style layer starts at the
-    identity; the caller passes the scale as computed.
+    `style_scale` and `style_bias` are [N, C], applied as given. The style layers of
+    `StyleEpilogue` start the scale's bias at 1, so AdaIN starts as plain instance norm.
     """
     x = x - tf.reduce_mean(x, axis=[1, 2], keepdims=True)
     x = x * tf.math.rsqrt(tf.reduce_mean(tf.square(x), axis=[1, 2], keepdims=True) + epsilon)
@@ -131,9 +130,9 @@ class MsgStyleGanGenerator(keras.Model):
 
         self.mapping = MappingNetwork(mapping_depth, mapping_width, mapping_width,
                                       mapping_lr_multiplier, name="mapping")
-        # StyleGAN v1 starts the constant at ones. Then the first AdaIN normalises a flat
-        # map whose spatial spread is rounding error, and amplifies it by orders of
-        # magnitude; a N(0, 1) start, as in StyleGAN2, avoids that.
+        # StyleGAN v1 starts the constant at ones. The first AdaIN then normalises a flat
+        # map whose spatial spread is rounding error, which amplifies that error by orders
+        # of magnitude. A N(0, 1) start, as in StyleGAN2, avoids it.
         self.const_input = self.add_weight(
             name="const", shape=(1, 4, 4, nf(4)),
             initializer=keras.initializers.RandomNormal(stddev=1.0))

@@ -163,3 +163,34 @@ def test_stylegan_training_tracks_w_avg(emoji_dataset, tmp_path):
     assert len(keys) == 2
     values = [reader.get_tensor(k) for k in keys]
     np.testing.assert_array_equal(values[0], values[1])
+
+
+def test_load_generator_rejects_wrong_checkpoints(tmp_path):
+    import json
+
+    from msg_tf.inference import load_generator
+    from msg_tf.config import ConfigError as Error
+
+    # A discriminator-only checkpoint where a generator checkpoint is expected.
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    config = TrainingConfig(dataset="x", resolution=8, num_channels=3, channel_base=32,
+                            channel_max=8, latent_size=8)
+    (run_dir / "training_options.json").write_text(json.dumps(config.to_dict()))
+    D = training.build_discriminator(config)
+    prefix = tf.train.Checkpoint(D=training.variables_by_path(D.weights)).write(
+        str(run_dir / "checkpoints" / "ckpt-1"))
+    with pytest.raises(Error, match=r"contains no G_ema variables.*pass a run directory"):
+        load_generator(prefix)
+
+    # A generator checkpoint whose options file describes a different architecture.
+    G = training.build_generator(config, "G_ema")
+    prefix = tf.train.Checkpoint(G_ema=training.variables_by_path(G.weights)).write(
+        str(run_dir / "checkpoints" / "ckpt-2"))
+    wider = TrainingConfig(**{**config.to_dict(), "channel_max": 16})
+    (run_dir / "training_options.json").write_text(json.dumps(wider.to_dict()))
+    with pytest.raises(Error, match=r"does not match the generator described by"):
+        load_generator(prefix)
+
+    with pytest.raises(Error, match=r"neither a run directory nor a checkpoint prefix"):
+        load_generator(str(tmp_path / "missing"))
