@@ -9,7 +9,8 @@ Usage:
 
 create_from_images writes TFRECORD_DIR/<name>-rNN.tfrecords for every level
 from 4x4 up to the resolution, where <name> is the basename of TFRECORD_DIR.
-info prints the levels, record counts, record shape and labels. extract writes
+info prints the levels, record counts, record shape and labels, and exits with
+status 1 if the levels disagree in record count or shape. extract writes
 every record back as PNG into OUTPUT_DIR/rNN/000000.png, ...
 """
 
@@ -58,10 +59,11 @@ def run_command(command: str, args: list[str]) -> None:
     if command == "create_from_images":
         tfrecord_dir, image_dir = args
         if FLAGS.exist_ok and not FLAGS.overwrite and os.path.isdir(tfrecord_dir):
-            # describe_dataset raises DatasetError for a directory that is not a dataset.
-            summary = dataset_builder.describe_dataset(tfrecord_dir).summary()
-            logging.info("dataset %s already exists; left unchanged (--exist_ok)\n%s",
-                         tfrecord_dir, summary)
+            # Both raise DatasetError for a directory that is not a complete dataset.
+            info = dataset_builder.describe_dataset(tfrecord_dir)
+            dataset_builder.check_dataset(info)
+            logging.info("dataset %r already exists; left unchanged (--exist_ok)\n%s",
+                         tfrecord_dir, info.summary())
             return
         # The library logs the final report, so nothing is printed here.
         dataset_builder.create_from_images(
@@ -76,7 +78,10 @@ def run_command(command: str, args: list[str]) -> None:
             progress_interval=FLAGS.progress_interval,
         )
     elif command == "info":
-        print(dataset_builder.describe_dataset(args[0]).summary())
+        info = dataset_builder.describe_dataset(args[0])
+        # The summary comes first so that an inconsistent dataset can still be inspected.
+        print(info.summary(), flush=True)
+        dataset_builder.check_dataset(info)
     elif command == "extract":
         tfrecord_dir, output_dir = args
         counts = dataset_builder.extract_dataset(tfrecord_dir, output_dir, FLAGS.overwrite)

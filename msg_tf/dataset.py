@@ -34,37 +34,23 @@ class DatasetInfo:
 
 
 def inspect_dataset(path: str) -> DatasetInfo:
-    """Find a dataset's level files and read its channel count and size.
+    """Find a dataset's level files, check that they agree, and read its channel count and size.
 
-    Raises DatasetError (a ValueError) naming the path when the dataset is missing or
-    malformed.
+    Counts the records of every level (from the record headers only, so the cost grows
+    with the number of records, not with the bytes) and checks the shape of the first
+    record of each level. A wrong shape further into a file is caught when
+    `make_dataset` decodes it. Raises DatasetError (a ValueError) naming the path when
+    the dataset is missing or malformed.
     """
     name, level_paths = tfrecord_format.find_levels(path)
-    top_log2 = max(level_paths)
-    top_path = level_paths[top_log2]
-    num_images = 0
-    shape = None
-    for record in tf.data.TFRecordDataset(top_path):
-        if shape is None:
-            shape = _parse_shape(record.numpy())
-        num_images += 1
-    if shape is None:
-        raise DatasetError(f"dataset level file {top_path} holds no records: rebuild the "
-                           "dataset with dataset_tool.py create_from_images")
-    channels, height, width = shape
-    if height != 2 ** top_log2 or width != 2 ** top_log2 or channels not in (1, 3):
-        raise DatasetError(
-            f"records in {top_path} have shape {list(shape)} (C, H, W), expected "
-            f"[1 or 3, {2 ** top_log2}, {2 ** top_log2}]: the file does not match its name")
+    levels = [tfrecord_format.read_level_info(res_log2, level_path)
+              for res_log2, level_path in level_paths.items()]
+    tfrecord_format.check_levels(path, levels)
+    top = levels[-1]
     total_bytes = sum(os.path.getsize(p) for p in level_paths.values())
     return DatasetInfo(path=path, name=name, level_paths=level_paths,
-                       max_resolution=2 ** top_log2, num_channels=channels,
-                       num_images=num_images, total_bytes=total_bytes)
-
-
-def _parse_shape(serialized: bytes):
-    example = tf.train.Example.FromString(serialized)
-    return tuple(example.features.feature["shape"].int64_list.value)
+                       max_resolution=2 ** top.res_log2, num_channels=top.shape[0],
+                       num_images=top.num_records, total_bytes=total_bytes)
 
 
 def check_resolution(info: DatasetInfo, resolution: int) -> None:
@@ -80,15 +66,31 @@ def check_resolution(info: DatasetInfo, resolution: int) -> None:
         raise DatasetError(f"dataset {info.path} lacks the levels {missing}: rebuild it")
 
 
-def _decode_level(serialized, res, channels):
+def _decode_level(serialized, record_index, res, channels, path):
     features = tf.io.parse_single_example(serialized, {
         "shape": tf.io.FixedLenFeature([3], tf.int64),
         "data": tf.io.FixedLenFeature([], tf.string),
     })
-    tf.debugging.assert_equal(
-        features["shape"], tf.constant([channels, res, res], tf.int64),
-        message=f"a record of the {res}x{res} level has the wrong shape")
-    image = tf.io.decode_raw(features["data"], tf.uint8)
+    expected_shape = tf.constant([channels, res, res], tf.int64)
+    shape_ok = tf.logical_and(
+        tf.reduce_all(tf.equal(features["shape"], expected_shape)),
+        tf.equal(tf.strings.length(features["data"]), channels * res * res))
+    # inspect_dataset checks only the first record of each level, so a bad record
+    # further in surfaces here, as an InvalidArgumentError from the iterator. The path
+    # is left unquoted because the Assert op would print quotes escaped (\').
+    message = tf.strings.join([
+        tf.strings.format("record {} of ", record_index),
+        path,
+        tf.strings.format(
+            " has shape {} (C, H, W) and {} data bytes, expected shape {} and {} bytes. ",
+            (features["shape"], tf.strings.length(features["data"]), expected_shape,
+             channels * res * res)),
+        "Rebuild the dataset with dataset_tool.py create_from_images.",
+    ])
+    # Without the control dependency, the reshape below may fail first with a message
+    # that names neither the file nor the record.
+    with tf.control_dependencies([tf.debugging.Assert(shape_ok, [message])]):
+        image = tf.io.decode_raw(features["data"], tf.uint8)
     image = tf.reshape(image, [channels, res, res])
     image = tf.transpose(image, [1, 2, 0])                             # [H, W, C]
     return tf.cast(image, tf.float32) * (2.0 / 255.0) - 1.0
@@ -109,7 +111,9 @@ def make_dataset(info: DatasetInfo, resolution: int, batch_size: int, *,
     levels = list(range(2, int(math.log2(resolution)) + 1))
     channels = info.num_channels
     files = tuple(tf.data.TFRecordDataset(info.level_paths[k]) for k in levels)
-    ds = tf.data.Dataset.zip(files)
+    # The record index travels with the records through shuffling, so a decode error
+    # names the bad record.
+    ds = tf.data.Dataset.zip(files).enumerate()
     if cache is None:
         cache = info.total_bytes <= CACHE_LIMIT_BYTES
     if cache:
@@ -121,8 +125,10 @@ def make_dataset(info: DatasetInfo, resolution: int, batch_size: int, *,
         ds = ds.repeat()
     ds = ds.enumerate()
 
-    def decode(index, records):
-        images = [_decode_level(record, 2 ** k, channels) for k, record in zip(levels, records)]
+    def decode(index, indexed_records):
+        record_index, records = indexed_records
+        images = [_decode_level(record, record_index, 2 ** k, channels, info.level_paths[k])
+                  for k, record in zip(levels, records)]
         if mirror_augment:
             flip = tf.random.stateless_uniform([], seed=tf.stack([tf.cast(seed, tf.int64),
                                                                   index])) < 0.5

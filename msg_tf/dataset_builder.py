@@ -4,6 +4,10 @@ The library side of `dataset_tool.py`. Every user-facing problem raises
 `DatasetError` with a message naming the value and the fix. Output is first
 written to a temporary sibling directory and renamed into place only when it
 is complete, so an error or interrupt leaves no half-written dataset.
+
+File paths appear in messages and logs as Python `repr`. So a name with
+spaces shows its quotes, and bytes that are not valid UTF-8, which `os` keeps
+as surrogate escapes, appear as backslash escapes and do not break a UTF-8 log.
 """
 
 from __future__ import annotations
@@ -13,22 +17,26 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from PIL import Image
+from PIL import Image, ImageOps
 
 from msg_tf.tfrecord_format import (
     MAX_RES_LOG2,
     MIN_RES_LOG2,
     DatasetError,
+    LevelInfo,
     build_pyramid,
+    check_levels,
     find_levels,
     labels_file_name,
     level_file_name,
     parse_example_numpy,
+    read_level_info,
     serialize_example,
 )
 
@@ -37,6 +45,9 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", 
 # Pillow modes that contain a single luminance channel, with or without alpha.
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N"})
 SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+# NOTE: Pillow (checked with 13.0) has no 16-bit RGB mode. It opens a 16-bit
+# RGB(A) PNG as 8-bit RGB(A) by keeping the high byte of each sample, so those
+# images are floored (value // 256), not rounded like 16-bit grayscale below.
 # Every mode that to_base_mode converts. Notably absent: "F" (32-bit float),
 # whose value range is not defined by the file.
 SUPPORTED_MODES = GRAYSCALE_MODES | frozenset(
@@ -88,18 +99,8 @@ class BuildReport:
             f"{self.channels} channel(s)",
         ]
         for path in self.skipped_bad:
-            lines.append(f"skipped bad image:   {path}")
+            lines.append(f"skipped bad image:   {path!r}")
         return "\n".join(lines)
-
-
-@dataclasses.dataclass
-class LevelInfo:
-    """Facts about one level file of a dataset."""
-
-    res_log2: int
-    path: str
-    num_records: int
-    shape: list[int] | None  # [C, H, W] of the first record; None if the file is empty
 
 
 @dataclasses.dataclass
@@ -148,6 +149,11 @@ def discover_images(image_dir: str) -> tuple[list[str], list[str]]:
     Files of a directory come before its subdirectories. Returns the image
     file paths (by extension, case-insensitive) and the paths of all other
     files, which are ignored.
+
+    Symlinked directories are followed, but each directory is walked only once.
+    A link to a directory already walked (a symlink loop, or a second link to
+    the same folder) is skipped with a warning. So the walk always ends, and no
+    image is read twice through two links.
     """
     if not os.path.isdir(image_dir):
         raise DatasetError(
@@ -156,9 +162,30 @@ def discover_images(image_dir: str) -> tuple[list[str], list[str]]:
 
     images: list[str] = []
     ignored: list[str] = []
-    for root, dirs, files in os.walk(image_dir):
-        # Sorting in place makes os.walk descend in a deterministic order.
-        dirs.sort()
+    walked: dict[tuple[int, int], str] = {}
+    for root, dirs, files in os.walk(image_dir, followlinks=True):
+        root_stat = os.stat(root)
+        walked.setdefault((root_stat.st_dev, root_stat.st_ino), root)
+        # Pruning and sorting `dirs` in place controls where os.walk descends, and in what order.
+        kept_dirs = []
+        for dir_name in sorted(dirs):
+            path = os.path.join(root, dir_name)
+            try:
+                dir_stat = os.stat(path)
+            except OSError as error:
+                logging.warning("skipping directory %r: %s", path, error)
+                continue
+            key = (dir_stat.st_dev, dir_stat.st_ino)
+            if key in walked:
+                logging.warning(
+                    "skipping %r: it links to %r, which is already walked (symlink loop "
+                    "or duplicate link)", path, walked[key],
+                )
+                continue
+            walked[key] = path
+            kept_dirs.append(dir_name)
+        dirs[:] = kept_dirs
+
         for file_name in sorted(files):
             path = os.path.join(root, file_name)
             if os.path.splitext(file_name)[1].lower() in IMAGE_EXTENSIONS:
@@ -169,17 +196,36 @@ def discover_images(image_dir: str) -> tuple[list[str], list[str]]:
 
 
 def open_image(path: str) -> Image.Image:
-    """Open and fully decode one image file.
+    """Open and fully decode one image file, turned upright by its EXIF orientation.
 
-    Raises DatasetError naming the file if Pillow cannot decode it completely.
+    A photo whose EXIF Orientation tag asks for a rotation or flip is
+    transposed in place, so its width and height are those of the upright
+    image. Raises DatasetError naming the file if Pillow cannot decode it
+    completely, or if it declares more than `PIL.Image.MAX_IMAGE_PIXELS`
+    pixels (Pillow's decompression bomb guard, 89,478,485 by default).
     """
+    image = None
     try:
-        image = Image.open(path)
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that, and decoding
+        # such a file could take gigabytes, so the warning is raised as an error too.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
         image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        # Image.open closes the file itself when it raises.
+        raise DatasetError(
+            f"image {path!r} declares too many pixels to decode safely ({error}) The limit "
+            f"is PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}. Downscale or remove "
+            f"the file, or pass --skip_bad to skip it."
+        ) from error
     # Pillow's format plugins raise many exception types on corrupt input
-    # (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
-    # DecompressionBombError, ...), so anything but an interrupt means "bad file".
+    # (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, ...),
+    # so anything but an interrupt means "bad file".
     except Exception as error:  # noqa: BLE001
+        if image is not None:
+            image.close()
         raise DatasetError(
             f"cannot read image {path!r}: {type(error).__name__}: {error}. Fix or remove the "
             f"file, or pass --skip_bad to skip unreadable images."
@@ -206,7 +252,7 @@ def scan_images(
         except DatasetError as error:
             if not skip_bad:
                 raise
-            logging.warning("skipping bad image %s: %s", path, error.__cause__ or error)
+            logging.warning("skipping bad image %r: %s", path, error.__cause__ or error)
             bad.append(path)
         if (index + 1) % progress_interval == 0:
             logging.info("checked %d / %d images", index + 1, len(paths))
@@ -250,6 +296,8 @@ def to_base_mode(image: Image.Image) -> Image.Image:
     if mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         return _composite_on_white(rgba.convert("RGB"), rgba.getchannel("A"))
+    # CMYK uses Pillow's profile-free formula (R = 255 - C - K, clipped, and so on);
+    # an embedded ICC profile is not applied.
     if mode in ("P", "CMYK", "YCbCr", "RGBX", "LAB", "HSV"):
         return image.convert("RGB")
     check_mode(mode, getattr(image, "filename", "<image>"))
@@ -362,6 +410,40 @@ def _is_dataset_file(file_name: str) -> bool:
     return file_name.endswith(".tfrecords") or file_name.endswith(".labels")
 
 
+def check_separate_dirs(output_dir: str, image_dir: str) -> None:
+    """Raise DatasetError if the output and image directories contain one another.
+
+    Output inside the input would be walked as input by the next run. Input
+    inside the output would be deleted by --overwrite. Symlinks are resolved
+    before comparing.
+    """
+    real_output = os.path.realpath(output_dir)
+    real_input = os.path.realpath(image_dir)
+    if os.path.commonpath([real_output, real_input]) == real_input:
+        raise DatasetError(
+            f"output directory {output_dir!r} is inside the image directory {image_dir!r}, "
+            f"so a later run would read the dataset's own output as input. Choose an output "
+            f"directory outside {image_dir!r}."
+        )
+    if os.path.commonpath([real_output, real_input]) == real_output:
+        raise DatasetError(
+            f"image directory {image_dir!r} is inside the output directory {output_dir!r}, "
+            f"which --overwrite would replace. Choose an output directory outside "
+            f"{image_dir!r}."
+        )
+
+
+def check_utf8_path(path: str) -> None:
+    """Raise DatasetError if `path` is not valid UTF-8, which TensorFlow file APIs require."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise DatasetError(
+            f"output path {path!r} is not valid UTF-8, and TensorFlow cannot write files "
+            f"there. Choose an output directory whose name is valid UTF-8."
+        ) from None
+
+
 def check_output_dir(output_dir: str, overwrite: bool, dataset_files_only: bool) -> None:
     """Raise DatasetError if `output_dir` may not be (re)written.
 
@@ -419,6 +501,27 @@ def staged_output_dir(output_dir: str) -> Iterator[str]:
 # create_from_images
 
 
+def _no_images_message(
+    image_dir: str, paths: Sequence[str], bad: Sequence[str], ignored: Sequence[str]
+) -> str:
+    extensions = ", ".join(sorted(IMAGE_EXTENSIONS))
+    if not paths and not ignored:
+        return (
+            f"no usable images in {image_dir!r}: the directory contains no files (searched "
+            f"recursively). Pass the folder that contains the images."
+        )
+    if not paths:
+        return (
+            f"no usable images in {image_dir!r}: it contains {len(ignored)} files but none "
+            f"with an image extension ({extensions}), e.g. {ignored[0]!r}. Pass the folder "
+            f"that contains the images, or rename files that have a wrong extension."
+        )
+    return (
+        f"no usable images in {image_dir!r}: all {len(paths)} image files are unreadable "
+        f"(skipped with --skip_bad), e.g. {bad[0]!r}. Fix or replace the files."
+    )
+
+
 def create_from_images(
     tfrecord_dir: str,
     image_dir: str,
@@ -449,19 +552,18 @@ def create_from_images(
         raise DatasetError(f"invalid --channels={channels}; expected 1 or 3")
     if progress_interval < 1:
         raise DatasetError(f"invalid progress interval {progress_interval}; expected >= 1")
+    check_utf8_path(tfrecord_dir)
+    if os.path.isdir(image_dir):
+        check_separate_dirs(tfrecord_dir, image_dir)
     check_output_dir(tfrecord_dir, overwrite, dataset_files_only=True)
 
     paths, ignored = discover_images(image_dir)
     logging.info(
-        "found %d image files and %d other files in %s", len(paths), len(ignored), image_dir
+        "found %d image files and %d other files in %r", len(paths), len(ignored), image_dir
     )
     infos, bad = scan_images(paths, skip_bad, progress_interval)
     if not infos:
-        raise DatasetError(
-            f"no usable images in {image_dir!r} ({len(paths)} image files, {len(bad)} "
-            f"unreadable, {len(ignored)} other files). Extensions searched: "
-            f"{', '.join(sorted(IMAGE_EXTENSIONS))}."
-        )
+        raise DatasetError(_no_images_message(image_dir, paths, bad, ignored))
 
     if resolution is None:
         resolution = choose_resolution(infos, image_dir)
@@ -492,7 +594,7 @@ def create_from_images(
         ignored_files=ignored,
     )
     logging.info(
-        "writing %d images at %dx%d with %d channel(s) to %s",
+        "writing %d images at %dx%d with %d channel(s) to %r",
         len(infos), resolution, resolution, channels, tfrecord_dir,
     )
 
@@ -542,24 +644,14 @@ def iterate_records(path: str) -> Iterator[bytes]:
 
 
 def describe_dataset(tfrecord_dir: str) -> DatasetInfo:
-    """Count the records of every level and read the record shape and labels."""
-    name, level_paths = find_levels(tfrecord_dir)
-    levels = []
-    for res_log2, path in level_paths.items():
-        num_records = 0
-        shape = None
-        for record in iterate_records(path):
-            if shape is None:
-                shape = list(parse_example_numpy(record).shape)
-            num_records += 1
-        levels.append(LevelInfo(res_log2, path, num_records, shape))
+    """Count the records of every level and read the record shapes and labels.
 
-    counts = {level.num_records for level in levels}
-    if len(counts) > 1:
-        logging.warning(
-            "levels of %s have different record counts %s; the dataset is inconsistent",
-            tfrecord_dir, sorted(counts),
-        )
+    Raises DatasetError only when a level cannot be read (see `find_levels`,
+    `read_level_info`). Levels that disagree with each other do not raise, so
+    `info` can still show them; `check_dataset` checks that.
+    """
+    name, level_paths = find_levels(tfrecord_dir)
+    levels = [read_level_info(res_log2, path) for res_log2, path in level_paths.items()]
 
     labels_path = os.path.join(tfrecord_dir, labels_file_name(name))
     labels_shape = labels_dtype = None
@@ -569,6 +661,19 @@ def describe_dataset(tfrecord_dir: str) -> DatasetInfo:
     else:
         labels_path = None
     return DatasetInfo(tfrecord_dir, name, levels, labels_path, labels_shape, labels_dtype)
+
+
+def check_dataset(info: DatasetInfo) -> None:
+    """Raise DatasetError unless the levels agree and the labels have one row per record."""
+    check_levels(info.directory, info.levels)
+    num_records = info.levels[-1].num_records
+    if info.labels_shape is not None and (
+        len(info.labels_shape) != 2 or info.labels_shape[0] != num_records
+    ):
+        raise DatasetError(
+            f"labels {info.labels_path!r} have shape {list(info.labels_shape)}, expected "
+            f"[{num_records}, L] (one row per record). Rebuild the labels or remove the file."
+        )
 
 
 def chw_to_image(image_chw: np.ndarray) -> Image.Image:
