@@ -173,7 +173,7 @@ def test_bad_image_skipped(image_dir, tmp_path, caplog, file_name, make_bytes, m
     bad_path.write_bytes(make_bytes())
     out = tmp_path / "out"
 
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         report = dataset_builder.create_from_images(str(out), str(image_dir), skip_bad=True)
     assert report.skipped_bad == [str(bad_path)]
     assert report.images_written == 2
@@ -280,7 +280,7 @@ def test_symlink_loops_end_walk(image_dir, tmp_path, caplog):
     os.symlink("sub", image_dir / "z_second_link")
     os.symlink("self_link.png", image_dir / "self_link.png")
 
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         report = dataset_builder.create_from_images(
             str(tmp_path / "out"), str(image_dir), skip_bad=True
         )
@@ -312,7 +312,7 @@ def test_non_utf8_and_spaced_names(tmp_path, caplog):
     with open(os.path.join(raw_dir, b"broken\xfe.png"), "wb") as file:
         file.write(truncated_png())
 
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         report = dataset_builder.create_from_images(
             str(tmp_path / "out"), str(images), skip_bad=True
         )

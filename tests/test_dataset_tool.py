@@ -250,7 +250,7 @@ def test_fit_to_square_centre_crops():
 
 def test_create_mixed_folder_with_skip_bad(mixed_dir, tmp_path, caplog):
     out = tmp_path / "mixed"
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         report = dataset_builder.create_from_images(
             str(out), str(mixed_dir), resolution=64, skip_bad=True
         )
