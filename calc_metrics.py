@@ -57,13 +57,26 @@ def _path_source(path: str, spec, resolution: int | None, role: str, count: int 
     if _is_dataset_dir(path):
         info = dataset.inspect_dataset(path)
         resolution = resolution or info.max_resolution
+        if count is not None and count > info.num_images:
+            _warn_short(spec, role, path, info.num_images, count)
         count = info.num_images if count is None else min(count, info.num_images)
         return images.dataset_source(info, resolution, count, batch_size=FLAGS.batch_size)
     source = images.folder_source(path, count, batch_size=FLAGS.batch_size)
+    if count is not None and source.num_images < count:
+        _warn_short(spec, role, path, source.num_images, count)
     if spec.per_scale:
         raise images.ImageSourceError(f"{spec.name} needs a multi-level dataset, but {path} "
                                       "is a folder of image files")
     return source
+
+
+def _warn_short(spec, role, path, available, count):
+    # FID is biased upwards at small counts, so a value computed on fewer images than
+    # the metric's name says is not comparable with others of that name.
+    logging.warning("%s: %s %s holds only %d images, fewer than the %d the metric name "
+                    "implies; the value is computed on %d and is not comparable with "
+                    "%s values on %d images", spec.name, role, path, available, count,
+                    available, spec.name, count)
 
 
 def _evaluate_images(name: str) -> dict:

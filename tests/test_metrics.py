@@ -2,6 +2,7 @@
 
 import glob
 import json
+import logging
 import os
 
 import numpy as np
@@ -373,6 +374,28 @@ def test_calc_metrics_cli_folders(tmp_path, capsys):
     assert record["metric"] == "swd40"
     assert record["value"] == record["results"]["swd40"]
     assert sorted(record["results"]) == ["swd40", "swd40/16x16"]
+
+
+def test_calc_metrics_warns_on_short_folder(tmp_path, capsys, caplog):
+    import calc_metrics
+    from absl import flags
+
+    for name, offset in (("a", 0), ("b", 8)):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i, image in enumerate(_emoji(offset + 8, size=16)[offset:]):
+            Image.fromarray(image).save(folder / f"{i:03d}.png")
+    flags.FLAGS(["calc_metrics", "--metrics=swd100", f"--data={tmp_path / 'a'}",
+                 f"--images={tmp_path / 'b'}"])
+    try:
+        with caplog.at_level(logging.WARNING, logger="absl"):
+            calc_metrics.run(["calc_metrics"])
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert f"swd100: --images {tmp_path / 'b'} holds only 8 images, fewer than the 100" \
+        in caplog.text
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["metric"] == "swd100"
 
 
 def test_calc_metrics_cli_network(emoji_dataset, tmp_path, capsys):
