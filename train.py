@@ -77,6 +77,9 @@ flags.DEFINE_integer("network_snapshot_ticks", _DEFAULTS.network_snapshot_ticks,
                      "Save a checkpoint every this many ticks.")
 flags.DEFINE_integer("keep_checkpoints", _DEFAULTS.keep_checkpoints,
                      "Number of newest checkpoints kept on disk.")
+flags.DEFINE_float("milestone_kimg", _DEFAULTS.milestone_kimg,
+                   "If above 0, also keep the first checkpoint after every multiple of this "
+                   "many kimg in <run_dir>/milestones, outside --keep_checkpoints.")
 flags.DEFINE_list("metrics", [], "Metrics to compute on G_ema during training, e.g. "
                   "fid10k,swd1k; results go to metric-<name>.jsonl and TensorBoard.")
 flags.DEFINE_integer("metric_ticks", _DEFAULTS.metric_ticks,

@@ -57,6 +57,7 @@ class TrainingConfig:
     image_snapshot_ticks: int = 10
     network_snapshot_ticks: int = 10
     keep_checkpoints: int = 5
+    milestone_kimg: float = 0.0         # > 0: also keep the first checkpoint past every N kimg
     metrics: tuple = ()                 # metric names, e.g. ("fid10k", "swd1k")
     metric_ticks: int = 0               # 0: at every checkpoint
     inception_weights: str = ""         # converted Inception weights for FID, KID and IS
@@ -107,6 +108,9 @@ def validate(config: TrainingConfig) -> None:
     if config.style_mixing_prob > 0 and config.arch != "stylegan":
         raise ConfigError(f"--style_mixing_prob={config.style_mixing_prob} needs "
                           "--arch=stylegan: only MSG-StyleGAN has styles to mix")
+    if config.milestone_kimg < 0:
+        raise ConfigError(f"invalid --milestone_kimg={config.milestone_kimg}: expected 0 "
+                          "(off) or a positive interval in kimg")
     if config.metric_ticks < 0:
         raise ConfigError(f"invalid --metric_ticks={config.metric_ticks}: expected 0 (every "
                           "checkpoint) or a positive tick count")

@@ -18,6 +18,8 @@ from msg_tf.config import ARCHITECTURE_KEYS, ConfigError, TrainingConfig, check_
 from networks import MsgDiscriminator, MsgProGanGenerator, MsgStyleGanGenerator
 
 CHECKPOINT_DIR = "checkpoints"
+# Milestone checkpoints (--milestone_kimg) are kept here and never deleted.
+MILESTONE_DIR = "milestones"
 # --on_nan=rollback gives up after this many rollbacks in one process.
 MAX_ROLLBACKS = 3
 
@@ -399,6 +401,8 @@ def _train_in_run_dir(config, strategy, info, run_dir):
     logging.info("training from kimg %.3f to %.3f", cur_nimg / 1000, config.total_kimg)
 
     rollbacks = 0
+    milestone_nimg = int(config.milestone_kimg * 1000)
+    last_milestone = cur_nimg // milestone_nimg if milestone_nimg else 0
     while cur_nimg < total_nimg:
         step = cur_nimg // config.batch_size
         stats = trainer.train_step(next(iterator), step)
@@ -463,6 +467,12 @@ def _train_in_run_dir(config, strategy, info, run_dir):
             trainer.cur_tick.assign(cur_tick)
             path = manager.save(checkpoint_number=cur_nimg)
             logging.info("saved checkpoint %s", path)
+            milestone_nimg = int(config.milestone_kimg * 1000)
+            if milestone_nimg and cur_nimg // milestone_nimg > last_milestone:
+                last_milestone = cur_nimg // milestone_nimg
+                milestone = trainer.checkpoint.write(
+                    os.path.join(run_dir, MILESTONE_DIR, f"ckpt-{cur_nimg}"))
+                logging.info("saved milestone checkpoint %s", milestone)
             metric_ticks = config.metric_ticks or config.network_snapshot_ticks
             if config.metrics and (cur_tick % metric_ticks == 0 or done):
                 _run_metrics(trainer, info, run_dir, reporter, cur_nimg / 1000, path)

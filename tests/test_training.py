@@ -330,6 +330,22 @@ def test_fid_without_weights(tmp_path, monkeypatch):
         validate(config)
 
 
+def test_keep_checkpoints_and_milestones(emoji_dataset, tmp_path):
+    config = small_config(emoji_dataset, tmp_path, total_kimg=0.096, network_snapshot_ticks=1,
+                          keep_checkpoints=2, milestone_kimg=0.04)
+    run_dir = training.train(config, one_replica())
+    kept = sorted(name for name in os.listdir(os.path.join(run_dir, "checkpoints"))
+                  if name.endswith(".index"))
+    assert kept == ["ckpt-80.index", "ckpt-96.index"]
+    milestones = sorted(name for name in os.listdir(os.path.join(run_dir, "milestones"))
+                        if name.endswith(".index"))
+    # The first checkpoints past 40 and 80 images.
+    assert milestones == ["ckpt-48.index", "ckpt-80.index"]
+    trainer, _, _ = make_trainer(config, one_replica(), emoji_dataset)
+    trainer.restore(os.path.join(run_dir, "milestones", "ckpt-48"))
+    assert int(trainer.cur_nimg.numpy()) == 48
+
+
 def test_full_disk_stops_before_writing(emoji_dataset, tmp_path, monkeypatch):
     import shutil
     config = small_config(emoji_dataset, tmp_path, total_kimg=0.032)
