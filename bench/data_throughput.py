@@ -3,8 +3,8 @@
     python bench/data_throughput.py --dataset=datasets/emoji64 --resolution=64 --batch_size=16
 
 Reads batches of every level from 4x4 to --resolution with mirror augmentation on, as
-training does, after `--warmup_batches`; prints one JSON line with the median of
-`--repeats` timed runs of `--batches` batches.
+training does. After `--warmup_batches` it times `--repeats` runs of `--batches` batches
+and prints one JSON line with the median.
 """
 
 import json
