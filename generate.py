@@ -12,7 +12,7 @@ Usage:
   python generate.py export --network=RUN_DIR --outdir=DIR
 
 --network takes a run directory of train.py (its newest checkpoint) or a checkpoint
-prefix such as RUN_DIR/checkpoints/ckpt-4000. Seed s draws its latent as
+prefix such as RUN_DIR/checkpoints/ckpt-40000. Seed s draws its latent as
 np.random.RandomState(s).randn(latent_size). The truncation and noise options apply to
 MSG-StyleGAN networks in every figure subcommand.
 """

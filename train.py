@@ -9,7 +9,7 @@ Running again with the same --run_dir resumes from its newest checkpoint.
 import dataclasses
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from msg_tf import config as config_lib
 from msg_tf import training
@@ -110,7 +110,6 @@ def main(argv):
         training.train(config)
     except (config_lib.ConfigError, DatasetError, training.TrainingDivergedError,
             training.DiskSpaceError) as error:
-        logging.error("%s", error)
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)
 

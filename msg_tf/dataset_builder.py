@@ -458,7 +458,8 @@ def check_output_dir(output_dir: str, overwrite: bool, dataset_files_only: bool)
     if not overwrite:
         raise DatasetError(
             f"output directory {output_dir!r} already exists and is not empty. Choose "
-            f"another directory, or pass --overwrite to replace it."
+            f"another directory, or pass --overwrite to replace it (create_from_images "
+            f"also takes --exist_ok to keep an existing dataset and exit successfully)."
         )
     if dataset_files_only:
         foreign = sorted(f for f in os.listdir(output_dir) if not _is_dataset_file(f))

@@ -67,11 +67,11 @@ def load_network(path: str) -> Network:
     """Restore G_ema from a run directory or a checkpoint prefix."""
     if not path:
         raise GenerationError("missing --network: pass a run directory of train.py or a "
-                              "checkpoint prefix such as RUN_DIR/checkpoints/ckpt-4000")
+                              "checkpoint prefix such as RUN_DIR/checkpoints/ckpt-40000")
     if not os.path.exists(path) and not os.path.exists(path + ".index"):
         raise GenerationError(f"--network={path} not found: pass an existing run directory "
                               "of train.py or a checkpoint prefix such as "
-                              "RUN_DIR/checkpoints/ckpt-4000")
+                              "RUN_DIR/checkpoints/ckpt-40000")
     G, config, prefix = inference.load_generator(path)
     logging.info("loaded %s: MSG-%s, %dx%d, latent size %d", prefix,
                  "StyleGAN" if config.arch == "stylegan" else "ProGAN",

@@ -30,7 +30,7 @@ def find_checkpoint(path: str) -> tuple[str, str]:
         prefix = path
     else:
         raise ConfigError(f"{path} is neither a run directory nor a checkpoint prefix "
-                          "(a path whose .index file exists, e.g. .../checkpoints/ckpt-4000)")
+                          "(a path whose .index file exists, e.g. .../checkpoints/ckpt-40000)")
     run_dir = os.path.dirname(os.path.dirname(prefix))
     return run_dir, prefix
 

@@ -378,8 +378,10 @@ def _train_in_run_dir(config, strategy, info, run_dir):
 
     stability = StabilityTracker(config)
     if cur_nimg == 0:
+        # Not cached: only one batch is read, and a partly read cache logs a warning.
         reals_ds = dataset_lib.make_dataset(info, config.resolution, columns * rows,
-                                            shuffle=False, repeat=True, seed=config.seed)
+                                            shuffle=False, repeat=True, seed=config.seed,
+                                            cache=False)
         reals = [image.numpy() for image in next(iter(reals_ds))]
         grids = reporting.save_scale_grids(reals, "reals", run_dir, columns)
         reporter.report_images("reals", grids, 0)
