@@ -113,19 +113,7 @@ def _kimg_of(prefix: str) -> float | None:
     return int(suffix) / 1000 if suffix.isdigit() else None
 
 
-def _write_tensorboard(writer, results: dict, kimg: float | None) -> None:
-    import tensorflow as tf
-
-    # The step is the image count, as in the training statistics.
-    with writer.as_default(step=int(round((kimg or 0) * 1000))):
-        for key, value in results.items():
-            tf.summary.scalar(f"Metrics/{key}", value)
-    writer.flush()
-
-
 def _evaluate_network(names: list[str]) -> list[dict]:
-    import tensorflow as tf
-
     from metrics import registry
     from msg_tf import dataset, inference, reporting
 
@@ -136,20 +124,17 @@ def _evaluate_network(names: list[str]) -> list[dict]:
     generate = _generate_fn(G, config.arch == "stylegan")
     kimg = _kimg_of(prefix)
     records = []
-    writer = tf.summary.create_file_writer(run_dir)
+    reporter = reporting.Reporter(run_dir)
     for name in names:
         start = time.time()
         results = registry.compute_metric(
             name, generate, info, num_channels=info.num_channels,
             latent_size=config.latent_size, batch_size=FLAGS.batch_size,
             weights_path=FLAGS.inception_weights, cache_dir=FLAGS.cache_dir, seed=FLAGS.seed)
-        record = {"metric": name, "results": results, "value": results.get(name),
-                  "snapshot": prefix, "kimg": kimg, "time": round(time.time() - start, 2),
-                  "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "data": data_path}
-        reporting.append_jsonl(os.path.join(run_dir, f"metric-{name}.jsonl"), record)
-        _write_tensorboard(writer, results, kimg)
-        records.append(record)
-    writer.close()
+        records.append(reporting.write_metric(
+            run_dir, reporter, name, results, snapshot=prefix, kimg=kimg,
+            seconds=time.time() - start, data=data_path))
+    reporter.close()
     return records
 
 

@@ -3,9 +3,9 @@
     python bench/train_throughput.py --flagfile=configs/demo_emoji64.cfg
     python bench/train_throughput.py --flagfile=configs/demo_emoji64.cfg --batch_size=32
 
-Takes the same flags as train.py. The models are built as train.py builds them; each
-iteration takes a batch from the real input pipeline, so the figure is what training
-sees. After `--warmup_steps` (graph tracing), `--repeats` timed runs of `--steps`
+Takes the same flags as train.py. The models are built as train.py builds them, and
+each iteration takes a batch from the real input pipeline, so the figure includes the
+input cost that training pays. After `--warmup_steps` (graph tracing), `--repeats` timed runs of `--steps`
 iterations each are made; the median is reported. Prints one JSON line.
 """
 

@@ -71,8 +71,8 @@ class TrainingConfig:
 def validate(config: TrainingConfig) -> None:
     """Raise ConfigError naming the flag and the rule for every invalid option.
 
-    Checks that need the dataset or the device count live with the code that knows them
-    (`check_batch_size`, `msg_tf.dataset.check_resolution`).
+    Checks that need the dataset or the device count are in `check_batch_size` and
+    `msg_tf.dataset.check_resolution`, which run once those are known.
     """
     def one_of(flag, value, names):
         if value not in names:

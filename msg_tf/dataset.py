@@ -1,6 +1,6 @@
 """tf.data input pipeline over a multi-resolution TFRecord pyramid.
 
-Every level file of a dataset holds the same records in the same order, so zipping the
+Every level file of a dataset contains the same records in the same order, so zipping the
 level files yields all resolutions of one image together. The stored pyramid is used as
 it is (not recomputed), which keeps the real images at each scale identical to those the
 dataset tool wrote.
@@ -23,7 +23,7 @@ CACHE_LIMIT_BYTES = 2 << 30
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """What the pipeline needs to know about a dataset on disk."""
+    """Location, levels, shape and size of a dataset on disk."""
     path: str
     name: str
     level_paths: dict          # res_log2 -> file path, every level of the dataset

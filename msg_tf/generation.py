@@ -150,6 +150,16 @@ def check_generation_options(network: Network, truncation_psi: float = 1.0,
         raise GenerationError(f"invalid --batch_size={batch_size}: expected a positive number")
 
 
+def _check_layout(display_size: int, separator: int) -> None:
+    """Raise GenerationError for a negative --display_size or --separator."""
+    if display_size < 0:
+        raise GenerationError(f"invalid --display_size={display_size}: expected 0 (the "
+                              "finest resolution) or a size in pixels")
+    if separator < 0:
+        raise GenerationError(f"invalid --separator={separator}: expected a width in pixels, "
+                              "0 or more")
+
+
 def _check_positive(flag: str, value) -> None:
     if not value > 0:
         raise GenerationError(f"invalid --{flag}={value}: expected a positive number")
@@ -431,12 +441,7 @@ def render_sheet(network: Network, seeds: list[int], display_size: int = 0,
     resolution), and cells are `separator` pixels apart. For S scales and N seeds the
     sheet is [S * D + (S - 1) * separator, N * D + (N - 1) * separator, C].
     """
-    if display_size < 0:
-        raise GenerationError(f"invalid --display_size={display_size}: expected 0 (the "
-                              "finest resolution) or a size in pixels")
-    if separator < 0:
-        raise GenerationError(f"invalid --separator={separator}: expected a width in pixels, "
-                              "0 or more")
+    _check_layout(display_size, separator)
     per_scale = render_samples(network, seeds, truncation_psi, truncation_cutoff,
                                noise_mode, batch_size)
     size = display_size or network.scales[-1]
@@ -540,12 +545,7 @@ def write_interpolation(network: Network, outdir: str, seeds: list[int], space: 
     `display_size` (0: the finest resolution). Returns the paths written.
     """
     _check_positive("fps", fps)
-    if display_size < 0:
-        raise GenerationError(f"invalid --display_size={display_size}: expected 0 (the "
-                              "finest resolution) or a size in pixels")
-    if separator < 0:
-        raise GenerationError(f"invalid --separator={separator}: expected a width in pixels, "
-                              "0 or more")
+    _check_layout(display_size, separator)
     per_scale = render_interpolation(network, seeds, space, frames_per_transition, **options)
     animations = {"interpolation": per_scale[-1]}
     if all_scales:
@@ -628,9 +628,7 @@ def write_style_mixing(network: Network, outdir: str, row_seeds: list[int],
                        column_seeds: list[int], styles: str = "coarse", separator: int = 0,
                        **options) -> str:
     """Write `style-mixing-layersA-B.png` (see render_style_mixing); return its path."""
-    if separator < 0:
-        raise GenerationError(f"invalid --separator={separator}: expected a width in pixels, "
-                              "0 or more")
+    _check_layout(0, separator)
     mixing = render_style_mixing(network, row_seeds, column_seeds, styles, **options)
     figure = compose_style_mixing(mixing, separator)
     first, last = mixing.layers

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import resource
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -55,10 +56,10 @@ def write_json_atomic(path: str, obj) -> None:
 
 
 def truncate_stats(run_dir: str, kimg: float) -> int:
-    """Drop stats.jsonl lines after `kimg` and any torn last line; return lines dropped.
+    """Drop stats.jsonl lines after `kimg` and any torn last line; return the count.
 
-    A run killed after its newest checkpoint has reported ticks that the resumed run
-    will train and report again; keeping them would list those ticks twice.
+    A run killed after its newest checkpoint has reported ticks that the resumed run will
+    train and report again. Keeping them would list those ticks twice.
     """
     path = os.path.join(run_dir, STATS_FILE)
     if not os.path.exists(path):
@@ -104,6 +105,20 @@ def append_jsonl(path: str, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def write_metric(run_dir: str, reporter: "Reporter", name: str, results: dict, *,
+                 snapshot: str, kimg: float | None, seconds: float, data: str) -> dict:
+    """Append one metric result to `metric-<name>.jsonl` and TensorBoard; return the record.
+
+    Training and calc_metrics.py both write through here, so their lines have one format.
+    """
+    record = {"metric": name, "results": results, "value": results.get(name),
+              "snapshot": snapshot, "kimg": kimg, "time": round(seconds, 2),
+              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "data": data}
+    append_jsonl(os.path.join(run_dir, f"metric-{name}.jsonl"), record)
+    reporter.report_scalars(results, kimg or 0.0, prefix="Metrics/")
+    return record
+
+
 class Reporter:
     """Fan each tick's values out to the console, stats.jsonl and TensorBoard."""
 
@@ -129,7 +144,7 @@ class Reporter:
         """Write scalars to TensorBoard at step kimg * 1000 (the image count)."""
         with self.writer.as_default(step=int(round(kimg * 1000))):
             for key, value in scalars.items():
-                if isinstance(value, (int, float)):
+                if isinstance(value, (int, float, np.integer, np.floating)):
                     tf.summary.scalar(prefix + key, value)
         self.writer.flush()
 

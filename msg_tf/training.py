@@ -91,7 +91,7 @@ def ema_beta(config: TrainingConfig, cur_nimg: int) -> float:
     """Return the per-step EMA decay for a half-life of `ema_kimg` thousand images.
 
     With `ema_rampup`, the half-life is at most `ema_rampup * cur_nimg` images, so the
-    average forgets the random initial weights within the first few kimg. Without it,
+    random initial weights leave the average within the first few kimg. Without it,
     G_ema is still half initial weights after `ema_kimg`, which makes short runs' grids
     look like noise at the coarse scales.
     """
@@ -529,12 +529,8 @@ def _run_metrics(trainer, info, run_dir, reporter, kimg, checkpoint_path):
             name, generate, info, num_channels=config.num_channels,
             latent_size=config.latent_size, batch_size=config.batch_size,
             weights_path=config.inception_weights or None, seed=config.seed)
-        record = {"metric": name, "results": results, "value": results.get(name),
-                  "snapshot": checkpoint_path, "kimg": kimg,
-                  "time": round(time.time() - start, 2),
-                  "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "data": info.path}
-        reporting.append_jsonl(os.path.join(run_dir, f"metric-{name}.jsonl"), record)
-        reporter.report_scalars(results, kimg, prefix="Metrics/")
+        reporting.write_metric(run_dir, reporter, name, results, snapshot=checkpoint_path,
+                               kimg=kimg, seconds=time.time() - start, data=info.path)
         logging.info("metric %s at kimg %.3f: %s", name, kimg,
                      ", ".join(f"{key} {value:.4f}" for key, value in results.items()))
 

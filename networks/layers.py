@@ -126,8 +126,8 @@ def minibatch_stddev(x, group_size=4):
     """Append one feature map holding the mean standard deviation within each group.
 
     Groups are consecutive samples of the batch ([N, ...] -> [N / G, G, ...]). ProGAN's
-    code groups strided samples instead; consecutive groups keep the result the same
-    whether a global batch runs on one replica or is split over several, as long as the
+    code groups strided samples instead. Consecutive groups give the same result whether
+    a global batch runs on one replica or is split over several, as long as the
     per-replica batch is a multiple of the group size. The caller checks divisibility:
     `group_size` is clipped to the batch size only when the batch is smaller.
     """

@@ -7,7 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-# MirroredStrategy tests need two devices; the CPU can only be split before TensorFlow
+# MirroredStrategy tests need two devices. The CPU can only be split before TensorFlow
 # initialises it, so this runs at import, before any test touches a tensor.
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(

@@ -1,7 +1,7 @@
 """Flagfiles parse with train.py's flags and pass validation.
 
 train.py and calc_metrics.py both define --metrics on absl's global flags, so importing
-both in one process fails; the flags are parsed in a child process instead.
+both in one process fails. The flags are therefore parsed in a child process.
 """
 
 import glob

@@ -65,7 +65,7 @@ def test_kill_and_resume(emoji_dataset, tmp_path, point, count, expected_nimg):
     killed = run_training(emoji_dataset, run_dir, TOTAL_KIMG, fault=[point, str(count)])
     assert killed.returncode == -9, killed.stderr[-3000:]
 
-    # The newest complete checkpoint is loadable and holds what the run had saved.
+    # The newest complete checkpoint loads and contains what the run had saved.
     config = TrainingConfig(dataset=emoji_dataset, resolution=16, num_channels=3,
                             channel_base=128, channel_max=16, latent_size=16, batch_size=8)
     trainer, prefix = saved_state(str(run_dir), config)

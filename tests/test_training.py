@@ -301,7 +301,8 @@ def test_metrics_and_stability_during_training(emoji_dataset, tmp_path):
     assert [record["kimg"] for record in records] == [0.032, 0.048]
     for record in records:
         assert record["metric"] == "swd64"
-        assert np.isfinite(record["value"]) and record["value"] > 0
+        assert np.isfinite(record["value"])
+        assert record["value"] > 0
         assert record["snapshot"].endswith(f"ckpt-{int(record['kimg'] * 1000)}")
     stats = read_stats(run_dir)
     for row in stats:
