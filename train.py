@@ -90,6 +90,17 @@ flags.DEFINE_string("inception_weights", _DEFAULTS.inception_weights,
 flags.DEFINE_enum("on_nan", _DEFAULTS.on_nan, ["stop", "rollback"],
                   "On a NaN or infinite loss: stop with an error, or restore the last "
                   "checkpoint and continue at half the learning rate (at most 3 times).")
+flags.DEFINE_bool("xla", _DEFAULTS.xla,
+                  "Compile the forward and backward passes of each step with XLA.")
+flags.DEFINE_bool("reuse_fakes", _DEFAULTS.reuse_fakes,
+                  "Train G on the fakes of the D step (the same latents for both steps, "
+                  "as the PyTorch MSG-GAN code does) instead of fakes from new latents. "
+                  "Without --xla this saves one G forward pass per iteration.")
+flags.DEFINE_enum("mixed_precision", _DEFAULTS.mixed_precision,
+                  list(config_lib.PRECISION_NAMES),
+                  "Compute type of G and D. bfloat16 and float16 keep the weights, "
+                  "losses, penalties, minibatch stddev and EMA in float32; float16 adds "
+                  "dynamic loss scaling.")
 flags.mark_flag_as_required("dataset")
 
 

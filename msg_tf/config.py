@@ -7,6 +7,7 @@ from msg_tf.losses import LOSS_NAMES
 from networks import ARCH_NAMES, COMBINE_NAMES
 
 OPTIMIZER_NAMES = ("adam", "rmsprop")
+PRECISION_NAMES = ("float32", "bfloat16", "float16")
 
 # Options that change the shapes or meaning of checkpointed variables: a run can only
 # resume with the same values.
@@ -62,6 +63,9 @@ class TrainingConfig:
     metric_ticks: int = 0               # 0: at every checkpoint
     inception_weights: str = ""         # converted Inception weights for FID, KID and IS
     on_nan: str = "stop"                # or "rollback": restore the last checkpoint, halve lr
+    xla: bool = False                   # compile the forward and backward passes with XLA
+    reuse_fakes: bool = False           # G step trains on the D step's fakes
+    mixed_precision: str = "float32"    # or bfloat16, float16: G and D compute type
     description: str = ""
 
     def to_dict(self) -> dict:
@@ -83,6 +87,7 @@ def validate(config: TrainingConfig) -> None:
     one_of("combine", config.combine, COMBINE_NAMES)
     one_of("optimizer", config.optimizer, OPTIMIZER_NAMES)
     one_of("on_nan", config.on_nan, ("stop", "rollback"))
+    one_of("mixed_precision", config.mixed_precision, PRECISION_NAMES)
     if config.resolution:
         log2 = math.log2(config.resolution)
         if config.resolution < 8 or config.resolution > 1024 or log2 != int(log2):

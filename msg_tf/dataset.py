@@ -138,7 +138,12 @@ def make_dataset(info: DatasetInfo, resolution: int, batch_size: int, *,
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size, drop_remainder=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    # Multi-worker training shards the batches' samples over the workers. The default
+    # policy would shard by file and fail, because each level is a single file.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA)
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

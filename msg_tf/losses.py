@@ -95,6 +95,27 @@ def _scores(D: Discriminator, images: Images) -> tf.Tensor:
     )
 
 
+def _paired_scores(D: Discriminator, reals: Images, fakes: Images):
+    """Return (D(reals), D(fakes)) as float32 [N], from one D call where that is exact.
+
+    One call on the concatenated batch halves the number of D's kernel launches and
+    gives its convolutions larger matrices, which is faster on CPUs and GPUs. The
+    result is the same as two calls because D scores each sample on its own, except for
+    minibatch stddev, whose groups of consecutive samples stay within one half when the
+    batch is a multiple of the group size. Otherwise D runs twice.
+    """
+    reals, fakes = list(reals), list(fakes)
+    batch = reals[0].shape[0]
+    group = getattr(D, "mbstd_group_size", None)
+    if batch is None or fakes[0].shape[0] != batch or group is None or (
+            group > 1 and batch % group):
+        return _scores(D, reals), _scores(D, fakes)
+    both = [tf.concat([real, tf.cast(fake, real.dtype)], axis=0)
+            for real, fake in zip(reals, fakes)]
+    scores = _scores(D, both)
+    return scores[:batch], scores[batch:]
+
+
 def _scale_key(prefix: str, index: int, image: tf.Tensor) -> str:
     """Name a per-scale term by its resolution in pixels, e.g. 'D/gp/res8'."""
     height = image.shape[1]
@@ -185,8 +206,7 @@ def _discriminator_wgan_gp(config, D, reals, fakes, alpha):
     scales but adds the penalty only when `WGAN_GP` is built with
     `use_gp=True` (default False).
     """
-    real = _scores(D, reals)
-    fake = _scores(D, fakes)
+    real, fake = _paired_scores(D, reals, fakes)
     gp, per_scale = _wgan_gradient_penalty(D, reals, fakes, alpha)
     drift = tf.square(real)
     total = fake - real + config.drift_weight * drift + config.gp_weight * gp
@@ -218,14 +238,20 @@ def _discriminator_ns_r1(config, D, reals, fakes, alpha):
     return total, terms
 
 
-def _relativistic_scores(D, reals, fakes):
+def _relativistic_scores(D, reals, fakes, paired):
     """Return (r, f, r - mean(f), f - mean(r)) for the relativistic average losses.
+
+    `paired` runs D once on reals and fakes together. The G step passes False, because
+    there only the fakes need D's input gradient, and a joint call would backpropagate
+    through the reals too.
 
     NOTE: the means are over the local batch. Under `tf.distribute` each replica
     centers on its own per-replica batch, not on the global batch.
     """
-    real = _scores(D, reals)
-    fake = _scores(D, fakes)
+    if paired:
+        real, fake = _paired_scores(D, reals, fakes)
+    else:
+        real, fake = _scores(D, reals), _scores(D, fakes)
     real_relative = real - tf.reduce_mean(fake)
     fake_relative = fake - tf.reduce_mean(real)
     return real, fake, real_relative, fake_relative
@@ -233,23 +259,21 @@ def _relativistic_scores(D, reals, fakes):
 
 def _discriminator_ra_hinge(config, D, reals, fakes, alpha):
     """Relativistic average hinge: relu(1 - (r - mean(f))) + relu(1 + (f - mean(r)))."""
-    real, fake, real_relative, fake_relative = _relativistic_scores(D, reals, fakes)
+    real, fake, real_relative, fake_relative = _relativistic_scores(D, reals, fakes, True)
     total = tf.nn.relu(1.0 - real_relative) + tf.nn.relu(1.0 + fake_relative)
     return total, {"D/real_score": real, "D/fake_score": fake}
 
 
 def _discriminator_hinge(config, D, reals, fakes, alpha):
     """Hinge loss: relu(1 - D(real)) + relu(1 + D(fake))."""
-    real = _scores(D, reals)
-    fake = _scores(D, fakes)
+    real, fake = _paired_scores(D, reals, fakes)
     total = tf.nn.relu(1.0 - real) + tf.nn.relu(1.0 + fake)
     return total, {"D/real_score": real, "D/fake_score": fake}
 
 
 def _discriminator_lsgan(config, D, reals, fakes, alpha):
     """Least squares with targets 1 (real) and 0 (fake): 0.5 * ((r - 1)^2 + f^2)."""
-    real = _scores(D, reals)
-    fake = _scores(D, fakes)
+    real, fake = _paired_scores(D, reals, fakes)
     total = 0.5 * (tf.square(real - 1.0) + tf.square(fake))
     return total, {"D/real_score": real, "D/fake_score": fake}
 
@@ -268,7 +292,7 @@ def _generator_non_saturating(config, D, reals, fakes):
 
 def _generator_ra_hinge(config, D, reals, fakes):
     """Relativistic average hinge for G: relu(1 + (r - mean(f))) + relu(1 - (f - mean(r)))."""
-    real, fake, real_relative, fake_relative = _relativistic_scores(D, reals, fakes)
+    real, fake, real_relative, fake_relative = _relativistic_scores(D, reals, fakes, False)
     total = tf.nn.relu(1.0 + real_relative) + tf.nn.relu(1.0 - fake_relative)
     return total, {"G/real_score": real, "G/fake_score": fake}
 

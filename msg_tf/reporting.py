@@ -120,11 +120,15 @@ def write_metric(run_dir: str, reporter: "Reporter", name: str, results: dict, *
 
 
 class Reporter:
-    """Fan each tick's values out to the console, stats.jsonl and TensorBoard."""
+    """Fan each tick's values out to the console, stats.jsonl and TensorBoard.
 
-    def __init__(self, run_dir: str):
+    With `write_files=False` (the workers other than the chief in multi-worker
+    training) it only logs the tick line and writes nothing to the run directory.
+    """
+
+    def __init__(self, run_dir: str, write_files: bool = True):
         self.run_dir = run_dir
-        self.writer = tf.summary.create_file_writer(run_dir)
+        self.writer = tf.summary.create_file_writer(run_dir) if write_files else None
 
     def report_tick(self, stats: dict) -> None:
         """Write one tick; `stats` must contain `tick` and `kimg`."""
@@ -136,12 +140,16 @@ class Reporter:
                 f"rss {stats['mem/rss_gb']:.2f}GB  "
                 + "  ".join(f"{k} {v:.4f}" for k, v in stats.items() if k.startswith("Loss/")))
         absl_logging.info(line)
+        if self.writer is None:
+            return
         append_jsonl(os.path.join(self.run_dir, STATS_FILE), stats)
         self.report_scalars({key: value for key, value in stats.items()
                              if key not in ("tick", "kimg")}, stats["kimg"])
 
     def report_scalars(self, scalars: dict, kimg: float, prefix: str = "") -> None:
         """Write scalars to TensorBoard at step kimg * 1000 (the image count)."""
+        if self.writer is None:
+            return
         with self.writer.as_default(step=int(round(kimg * 1000))):
             for key, value in scalars.items():
                 if isinstance(value, (int, float, np.integer, np.floating)):
@@ -150,13 +158,16 @@ class Reporter:
 
     def report_images(self, tag: str, grids: dict, kimg: float) -> None:
         """Log one uint8 grid [H, W, C] per resolution to TensorBoard as `tag/RxR`."""
+        if self.writer is None:
+            return
         with self.writer.as_default(step=int(round(kimg * 1000))):
             for res, grid in grids.items():
                 tf.summary.image(f"{tag}/{res}x{res}", grid[np.newaxis], max_outputs=1)
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def format_seconds(seconds: float) -> str:

@@ -1,10 +1,13 @@
 """MSG-GAN training: distributed D and G steps, EMA generator, checkpoints and the loop."""
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import shutil
+import tempfile
 import time
 
 import keras
@@ -81,10 +84,41 @@ def build_discriminator(config: TrainingConfig) -> keras.Model:
 
 
 def make_optimizer(config: TrainingConfig) -> keras.optimizers.Optimizer:
+    """Return Adam or RMSprop; under float16 wrapped in dynamic loss scaling."""
     if config.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate=config.lr, epsilon=config.adam_epsilon)
-    return keras.optimizers.Adam(learning_rate=config.lr, beta_1=config.adam_beta1,
-                                 beta_2=config.adam_beta2, epsilon=config.adam_epsilon)
+        optimizer = keras.optimizers.RMSprop(learning_rate=config.lr,
+                                             epsilon=config.adam_epsilon)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=config.lr, beta_1=config.adam_beta1,
+                                          beta_2=config.adam_beta2,
+                                          epsilon=config.adam_epsilon)
+    if config.mixed_precision == "float16":
+        # Scales the loss up before backpropagation so that small float16 gradients do
+        # not flush to zero, and skips a step whose gradients overflow.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def inner_optimizer(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """Return the optimizer inside a LossScaleOptimizer, or the optimizer itself."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+# The Keras dtype policy of G and D for each --mixed_precision value. Variables stay
+# float32 under every policy; only the layers' computations change type.
+DTYPE_POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16",
+                  "float16": "mixed_float16"}
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Build layers under the Keras dtype policy `name`, then restore the previous one."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def ema_beta(config: TrainingConfig, cur_nimg: int) -> float:
@@ -134,11 +168,14 @@ class Trainer:
                                              drift_weight=config.drift_weight,
                                              r1_gamma=config.r1_gamma)
         with strategy.scope():
-            self.G = build_generator(config, "G")
+            # G_ema stays float32: it only runs for snapshots and metrics, where full
+            # precision costs little and keeps the images comparable between runs.
+            with dtype_policy(DTYPE_POLICIES[config.mixed_precision]):
+                self.G = build_generator(config, "G")
+                self.D = build_discriminator(config)
             self.G_ema = build_generator(config, "G_ema")
             for ema_var, var in zip(self.G_ema.weights, self.G.weights):
                 ema_var.assign(var)
-            self.D = build_discriminator(config)
             self.G_opt = make_optimizer(config)
             self.D_opt = make_optimizer(config)
             self.G_opt.build(self.G.trainable_variables)
@@ -151,10 +188,21 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(
             G=variables_by_path(self.G.weights), D=variables_by_path(self.D.weights),
             G_ema=variables_by_path(self.G_ema.weights),
-            G_opt=variables_by_path(self.G_opt.variables),
-            D_opt=variables_by_path(self.D_opt.variables),
+            # NOTE: float16's dynamic loss scale is not saved, so a run resumed under
+            # --mixed_precision=float16 starts it again at its initial value. This keeps
+            # checkpoints of all three precisions interchangeable.
+            G_opt=variables_by_path(inner_optimizer(self.G_opt).variables),
+            D_opt=variables_by_path(inner_optimizer(self.D_opt).variables),
             cur_nimg=self.cur_nimg, cur_tick=self.cur_tick, lr_scale=self.lr_scale)
         self.is_stylegan = config.arch == "stylegan"
+        # With --xla the forward and backward passes of each step compile with XLA.
+        # The optimizer updates stay outside the compiled functions, because under a
+        # distribution strategy they all-reduce the gradients across replicas, and XLA
+        # cannot compile that call.
+        self._d_step_fn = tf.function(self._d_step_gradients, jit_compile=config.xla)
+        self._g_step_fn = tf.function(self._g_step_gradients, jit_compile=config.xla)
+        # With --reuse_fakes both steps draw the same latents (purpose 1).
+        self._d_latent_purpose = 1 if config.reuse_fakes else 0
         self._train_step = tf.function(self._distributed_step)
         # Snapshots use the stored noise images of MSG-StyleGAN, so grids of the same
         # latents differ between snapshots only because the weights changed.
@@ -177,29 +225,79 @@ class Trainer:
         return tf.nn.compute_average_loss(per_sample,
                                           global_batch_size=self.config.batch_size)
 
-    def _replica_step(self, reals, step):
-        reals = list(reals)
-        stats = {}
-
-        # The D step needs no gradient through G, so G runs outside D's tape.
-        fakes, _ = self._run_generator(self._latents(step, 0))
+    def _d_gradients(self, reals, fakes):
+        """Return D's gradients and per-replica stats for one D step on `fakes`."""
         with tf.GradientTape() as tape:
             per_sample, terms = losses.discriminator_loss(self.loss_config, self.D, reals, fakes)
             d_loss = self._mean(per_sample)
-        grads = tape.gradient(d_loss, self.D.trainable_variables)
-        self.D_opt.apply_gradients(zip(grads, self.D.trainable_variables))
-        stats["Loss/D"] = d_loss
+            scaled_loss = self._scale_loss(self.D_opt, d_loss)
+        grads = tape.gradient(scaled_loss, self.D.trainable_variables)
+        stats = {"Loss/D": d_loss}
         stats.update({key: self._mean(value) for key, value in terms.items()})
+        return grads, stats
 
-        z = self._latents(step, 1)
+    def _d_step_gradients(self, reals, z):
+        """Generate the D step's fakes from latents `z`, then return D's gradients and
+        stats."""
+        # The D step needs no gradient through G, so G runs outside D's tape.
+        fakes, _ = self._run_generator(z)
+        return self._d_gradients(reals, fakes)
+
+    def _g_loss(self, reals, fakes):
+        per_sample, terms = losses.generator_loss(self.loss_config, self.D, reals, fakes)
+        g_loss = self._mean(per_sample)
+        stats = {"Loss/G": g_loss}
+        stats.update({key: self._mean(value) for key, value in terms.items()})
+        return g_loss, stats
+
+    def _g_step_gradients(self, reals, z):
+        """Return G's gradients, per-replica stats and the StyleGAN w mean (or None)."""
         with tf.GradientTape() as tape:
             fakes, w_mean = self._run_generator(z)
-            per_sample, terms = losses.generator_loss(self.loss_config, self.D, reals, fakes)
-            g_loss = self._mean(per_sample)
-        grads = tape.gradient(g_loss, self.G.trainable_variables)
+            g_loss, stats = self._g_loss(reals, fakes)
+            scaled_loss = self._scale_loss(self.G_opt, g_loss)
+        grads = tape.gradient(scaled_loss, self.G.trainable_variables)
+        return grads, stats, w_mean
+
+    @staticmethod
+    def _scale_loss(optimizer, loss):
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            return optimizer.scale_loss(loss)
+        return loss
+
+    def _replica_step(self, reals, step):
+        reals = list(reals)
+        if self.config.reuse_fakes and not self.config.xla:
+            return self._replica_step_reusing_fakes(reals, step)
+        # The latents are drawn outside the compiled functions: XLA implements the
+        # stateless random ops with another algorithm, which would change the latents.
+        z = self._latents(step, self._d_latent_purpose)
+        grads, stats = self._d_step_fn(reals, z)
+        self.D_opt.apply_gradients(zip(grads, self.D.trainable_variables))
+        grads, g_stats, w_mean = self._g_step_fn(reals, self._latents(step, 1))
         self.G_opt.apply_gradients(zip(grads, self.G.trainable_variables))
-        stats["Loss/G"] = g_loss
-        stats.update({key: self._mean(value) for key, value in terms.items()})
+        stats.update(g_stats)
+        return stats, w_mean
+
+    def _replica_step_reusing_fakes(self, reals, step):
+        """Run one iteration with a single G forward pass, taped for the G step.
+
+        G's weights do not change in the D step, so with the same latents the G step's
+        forward pass would only repeat the D step's. The tape keeps its activations
+        instead, which saves one G forward pass per iteration.
+        """
+        with tf.GradientTape() as g_tape:
+            fakes, w_mean = self._run_generator(self._latents(step, 1))
+            with g_tape.stop_recording():
+                grads, stats = self._d_gradients(reals, [tf.stop_gradient(f) for f in fakes])
+                self.D_opt.apply_gradients(zip(grads, self.D.trainable_variables))
+            # D's variables are read again here, after its update: the G step sees the
+            # new D, as in the two-pass step.
+            g_loss, g_stats = self._g_loss(reals, fakes)
+            scaled_loss = self._scale_loss(self.G_opt, g_loss)
+        grads = g_tape.gradient(scaled_loss, self.G.trainable_variables)
+        self.G_opt.apply_gradients(zip(grads, self.G.trainable_variables))
+        stats.update(g_stats)
         return stats, w_mean
 
     def _run_generator(self, z):
@@ -207,7 +305,7 @@ class Trainer:
         if not self.is_stylegan:
             return self.G(z, training=True), None
         ws = self.G.map(z)                                           # [n, num_ws, w_size]
-        w_mean = tf.reduce_sum(ws[:, 0], axis=0) / self.config.batch_size
+        w_mean = tf.reduce_sum(tf.cast(ws[:, 0], tf.float32), axis=0) / self.config.batch_size
         if self.config.style_mixing_prob > 0:
             ws = self._mix_random_styles(ws, z)
         return self.G.synthesize(ws), w_mean
@@ -282,6 +380,69 @@ class Trainer:
         return [np.concatenate(out) for out in outputs]
 
 
+MULTI_WORKER_RUN_DIR_MESSAGE = (
+    "multi-worker training needs --run_dir: every worker must read the same checkpoints "
+    "(on a file system they share) to resume")
+
+
+def multi_worker_count() -> int:
+    """Return the number of workers that TF_CONFIG names (0 when it is unset).
+
+    Raises ConfigError for a TF_CONFIG that is not JSON or does not name this
+    process's place in the cluster.
+    """
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        return 0
+    try:
+        tf_config = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"TF_CONFIG is not valid JSON ({error}): {raw!r}") from error
+    cluster = tf_config.get("cluster") if isinstance(tf_config, dict) else None
+    task = tf_config.get("task") if isinstance(tf_config, dict) else None
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ConfigError(
+            "TF_CONFIG needs a \"cluster\" object listing the workers and a \"task\" "
+            'object naming this process, e.g. {"cluster": {"worker": ["host1:12345", '
+            f'"host2:12345"]}}, "task": {{"type": "worker", "index": 0}}}}; got {raw!r}')
+    workers = len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+    task_type, index = task.get("type"), task.get("index")
+    if workers > 1 and (task_type not in ("worker", "chief") or not isinstance(index, int)
+                        or not 0 <= index < len(cluster.get(task_type, []))):
+        raise ConfigError(
+            f"TF_CONFIG task {task!r} does not name one of the cluster's workers "
+            f"{cluster!r}: set \"type\" to \"worker\" (or \"chief\") and \"index\" to "
+            "this process's position in that list")
+    return workers
+
+
+def make_strategy() -> tf.distribute.Strategy:
+    """Return MultiWorkerMirroredStrategy if TF_CONFIG names several workers, else
+    MirroredStrategy over this machine's devices.
+
+    Must run before any other TensorFlow op, because the multi-worker strategy
+    configures the collective ops of the runtime when it is created.
+    """
+    if multi_worker_count() > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.MirroredStrategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Return whether this process writes the run directory (always, with one worker)."""
+    return bool(strategy.extended.should_checkpoint)
+
+
+def weights_digest(trainer: "Trainer") -> str:
+    """Return a SHA-256 of G's, D's and G_ema's weights, to compare replicas and runs."""
+    digest = hashlib.sha256()
+    for model in (trainer.G, trainer.D, trainer.G_ema):
+        for variable in model.weights:
+            digest.update(variable.path.encode())
+            digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+    return digest.hexdigest()
+
+
 def resolve_config(config: TrainingConfig, info: dataset_lib.DatasetInfo) -> TrainingConfig:
     """Fill in the options that default to the dataset's values and check them."""
     resolution = config.resolution or info.max_resolution
@@ -324,27 +485,39 @@ def train(config: TrainingConfig, strategy: tf.distribute.Strategy | None = None
     # log.txt should hold the INFO lines even when train() is called as a library.
     if logging.get_verbosity() < logging.INFO:
         logging.set_verbosity(logging.INFO)
-    strategy = strategy or tf.distribute.MirroredStrategy()
+    if strategy is None:
+        # Checked before the strategy exists: creating a multi-worker strategy waits
+        # for all workers, so a worker that stops later would leave the others waiting.
+        if not config.run_dir and multi_worker_count() > 1:
+            raise ConfigError(MULTI_WORKER_RUN_DIR_MESSAGE)
+        strategy = make_strategy()
+    chief = is_chief(strategy)
     info = dataset_lib.inspect_dataset(config.dataset)
     config = resolve_config(config, info)
     check_batch_size(config, strategy.num_replicas_in_sync)
 
     if config.run_dir:
         run_dir = config.run_dir
-        os.makedirs(run_dir, exist_ok=True)
+        if chief:
+            os.makedirs(run_dir, exist_ok=True)
         check_resume_compatible(run_dir, config)
+    elif not chief or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # Each worker would pick its own new numbered directory otherwise.
+        raise ConfigError(MULTI_WORKER_RUN_DIR_MESSAGE)
     else:
         run_dir = reporting.create_run_dir(config.result_dir, config.description)
-    log_handler = reporting.attach_log_file(run_dir)
+    log_handler = reporting.attach_log_file(run_dir) if chief else None
     try:
         return _train_in_run_dir(config, strategy, info, run_dir)
     finally:
-        reporting.detach_log_file(log_handler)
+        if log_handler is not None:
+            reporting.detach_log_file(log_handler)
 
 
 def _train_in_run_dir(config, strategy, info, run_dir):
+    chief = is_chief(strategy)
     options_path = os.path.join(run_dir, reporting.OPTIONS_FILE)
-    if not os.path.exists(options_path):
+    if chief and not os.path.exists(options_path):
         reporting.write_json_atomic(options_path, {
             **config.to_dict(), "num_replicas": strategy.num_replicas_in_sync,
             "dataset_num_images": info.num_images, "versions": library_versions()})
@@ -352,24 +525,29 @@ def _train_in_run_dir(config, strategy, info, run_dir):
     logging.info("options: %s", json.dumps(config.to_dict(), sort_keys=True))
     logging.info("%d replica(s): %s", strategy.num_replicas_in_sync,
                  ", ".join(d for d in strategy.extended.worker_devices))
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and resolver:
+        logging.info("multi-worker training: this is %s %d of the cluster %s%s",
+                     resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict(),
+                     " (chief: writes the run directory)" if chief else "")
 
     keras.utils.set_random_seed(config.seed)
     trainer = Trainer(config, strategy)
-    manager = tf.train.CheckpointManager(trainer.checkpoint,
-                                         os.path.join(run_dir, CHECKPOINT_DIR),
-                                         max_to_keep=config.keep_checkpoints)
+    checkpoints = CheckpointWriter(trainer, run_dir, chief)
+    manager = checkpoints.manager
     if manager.latest_checkpoint:
         trainer.restore(manager.latest_checkpoint)
         logging.info("resumed from %s at kimg %.3f", manager.latest_checkpoint,
                      trainer.cur_nimg.numpy() / 1000)
-        dropped = reporting.truncate_stats(run_dir, trainer.cur_nimg.numpy() / 1000)
+        dropped = (reporting.truncate_stats(run_dir, trainer.cur_nimg.numpy() / 1000)
+                   if chief else 0)
         if dropped:
             logging.info("dropped %d stats.jsonl line(s) written after that checkpoint",
                          dropped)
     logging.info("G: %d parameters, D: %d parameters", trainer.G.count_params(),
                  trainer.D.count_params())
 
-    reporter = reporting.Reporter(run_dir)
+    reporter = reporting.Reporter(run_dir, write_files=chief)
     columns, rows = reporting.grid_shape(config.resolution)
     grid_z = np.random.RandomState(config.seed).randn(columns * rows, config.latent_size)
     grid_z = grid_z.astype(np.float32)
@@ -377,7 +555,7 @@ def _train_in_run_dir(config, strategy, info, run_dir):
     cur_tick = int(trainer.cur_tick.numpy())
 
     stability = StabilityTracker(config)
-    if cur_nimg == 0:
+    if cur_nimg == 0 and chief:
         # Not cached: only one batch is read, and a partly read cache logs a warning.
         reals_ds = dataset_lib.make_dataset(info, config.resolution, columns * rows,
                                             shuffle=False, repeat=True, seed=config.seed,
@@ -428,7 +606,8 @@ def _train_in_run_dir(config, strategy, info, run_dir):
             trainer.restore_learning_rate()
             cur_nimg = int(trainer.cur_nimg.numpy())
             cur_tick = int(trainer.cur_tick.numpy())
-            reporting.truncate_stats(run_dir, cur_nimg / 1000)
+            if chief:
+                reporting.truncate_stats(run_dir, cur_nimg / 1000)
             tick_start_nimg, sums, steps_in_tick = cur_nimg, {}, 0
             logging.warning("%s; rolled back to %s (kimg %.3f) with learning rate %g "
                             "(--on_nan=rollback, %d of at most %d)", message, latest,
@@ -458,25 +637,21 @@ def _train_in_run_dir(config, strategy, info, run_dir):
         maintenance_start = time.time()
         save_images = cur_tick % config.image_snapshot_ticks == 0 or done
         save_network = cur_tick % config.network_snapshot_ticks == 0 or done
-        if save_images or save_network:
+        if chief and (save_images or save_network):
             check_disk_space(run_dir, trainer.checkpoint_bytes())
-        if save_images:
+        if save_images and chief:
             _snapshot_images(trainer, grid_z, columns, run_dir, reporter, cur_nimg / 1000)
             report.update(stability.measure(trainer))
         reporter.report_tick(report)
         if save_network:
             trainer.cur_nimg.assign(cur_nimg)
             trainer.cur_tick.assign(cur_tick)
-            path = manager.save(checkpoint_number=cur_nimg)
-            logging.info("saved checkpoint %s", path)
-            milestone_nimg = int(config.milestone_kimg * 1000)
+            path = checkpoints.save(cur_nimg)
             if milestone_nimg and cur_nimg // milestone_nimg > last_milestone:
                 last_milestone = cur_nimg // milestone_nimg
-                milestone = trainer.checkpoint.write(
-                    os.path.join(run_dir, MILESTONE_DIR, f"ckpt-{cur_nimg}"))
-                logging.info("saved milestone checkpoint %s", milestone)
+                checkpoints.save_milestone(cur_nimg)
             metric_ticks = config.metric_ticks or config.network_snapshot_ticks
-            if config.metrics and (cur_tick % metric_ticks == 0 or done):
+            if chief and config.metrics and (cur_tick % metric_ticks == 0 or done):
                 _run_metrics(trainer, info, run_dir, reporter, cur_nimg / 1000, path)
         tick_start_nimg = cur_nimg
         tick_start_time = time.time()
@@ -484,7 +659,52 @@ def _train_in_run_dir(config, strategy, info, run_dir):
 
     reporter.close()
     logging.info("training finished at kimg %.3f; run directory %s", cur_nimg / 1000, run_dir)
+    # Replicas that stayed in sync log the same digest; a later restore can be checked
+    # against it too.
+    logging.info("weights digest (G, D, G_ema): %s", weights_digest(trainer))
     return run_dir
+
+
+class CheckpointWriter:
+    """Save checkpoints: the chief into the run directory, other workers into scratch.
+
+    Under MultiWorkerMirroredStrategy every worker has to take part in a save, because
+    saving a distributed variable may run collective ops. Workers other than the
+    chief therefore write to a temporary directory and delete it at once, so only
+    the chief's checkpoints stay.
+    """
+
+    def __init__(self, trainer: Trainer, run_dir: str, chief: bool):
+        self.trainer = trainer
+        self.run_dir = run_dir
+        self.chief = chief
+        # Every worker reads the chief's checkpoints when it resumes.
+        self.manager = tf.train.CheckpointManager(
+            trainer.checkpoint, os.path.join(run_dir, CHECKPOINT_DIR),
+            max_to_keep=trainer.config.keep_checkpoints)
+
+    def save(self, cur_nimg: int) -> str:
+        if not self.chief:
+            self._write_scratch()
+            return self.manager.latest_checkpoint
+        path = self.manager.save(checkpoint_number=cur_nimg)
+        logging.info("saved checkpoint %s", path)
+        return path
+
+    def save_milestone(self, cur_nimg: int) -> None:
+        if not self.chief:
+            self._write_scratch()
+            return
+        path = self.trainer.checkpoint.write(
+            os.path.join(self.run_dir, MILESTONE_DIR, f"ckpt-{cur_nimg}"))
+        logging.info("saved milestone checkpoint %s", path)
+
+    def _write_scratch(self) -> None:
+        scratch = tempfile.mkdtemp(prefix="msg_tf_worker_ckpt_")
+        try:
+            self.trainer.checkpoint.write(os.path.join(scratch, "ckpt"))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 class StabilityTracker:

@@ -97,13 +97,18 @@ class EqualizedConv2D(keras.layers.Layer):
         y = tf.nn.conv2d(x, self.kernel * self.weight_scale, strides=1,
                          padding=self.padding)
         if self.use_bias:
-            y = y + self.bias
+            y = tf.nn.bias_add(y, self.bias)
         return y
 
 
 def pixel_norm(x, epsilon=1e-8):
-    """Normalise each pixel's feature vector to unit root mean square over channels."""
-    return x * tf.math.rsqrt(tf.reduce_mean(tf.square(x), axis=-1, keepdims=True) + epsilon)
+    """Normalise each pixel's feature vector to unit root mean square over channels.
+
+    The mean square is taken in float32, so bfloat16 and float16 activations lose no
+    precision in the sum and cannot overflow it.
+    """
+    mean_square = tf.reduce_mean(tf.square(tf.cast(x, tf.float32)), axis=-1, keepdims=True)
+    return x * tf.cast(tf.math.rsqrt(mean_square + epsilon), x.dtype)
 
 
 def upsample_nearest(x, factor=2):

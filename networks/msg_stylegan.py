@@ -33,9 +33,13 @@ def adaptive_instance_norm(x, style_scale, style_bias, epsilon=1e-8):
 
     `style_scale` and `style_bias` are [N, C], applied as given. The style layers of
     `StyleEpilogue` start the scale's bias at 1, so AdaIN starts as plain instance norm.
+    The statistics are taken in float32 when `x` is bfloat16 or float16.
     """
-    x = x - tf.reduce_mean(x, axis=[1, 2], keepdims=True)
-    x = x * tf.math.rsqrt(tf.reduce_mean(tf.square(x), axis=[1, 2], keepdims=True) + epsilon)
+    x32 = tf.cast(x, tf.float32)
+    x32 = x32 - tf.reduce_mean(x32, axis=[1, 2], keepdims=True)
+    x32 = x32 * tf.math.rsqrt(tf.reduce_mean(tf.square(x32), axis=[1, 2], keepdims=True)
+                              + epsilon)
+    x = tf.cast(x32, x.dtype)
     return x * style_scale[:, tf.newaxis, tf.newaxis, :] + style_bias[:, tf.newaxis, tf.newaxis, :]
 
 
