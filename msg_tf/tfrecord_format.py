@@ -27,8 +27,15 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-MIN_RES_LOG2 = 2
-MAX_RES_LOG2 = 10
+# Re-exported: the dataset code and its callers import these from this module.
+from msg_tf.errors import DatasetError
+from msg_tf.record_encoding import (  # noqa: F401
+    MAX_RES_LOG2,
+    MIN_RES_LOG2,
+    build_pyramid,
+    downsample_2x2,
+    serialize_example,
+)
 
 _LEVEL_FILE_RE = re.compile(r"^(?P<name>.+)-r(?P<res_log2>\d{2})\.tfrecords$")
 
@@ -46,10 +53,6 @@ _MAX_LISTED_UNKNOWN_FILES = 5
 # CRC-32C of the length, the data, uint32 masked CRC-32C of the data (little-endian).
 _RECORD_HEADER = struct.Struct("<QI")
 _RECORD_FOOTER_BYTES = 4
-
-
-class DatasetError(ValueError):
-    """A problem with a dataset or its input images that the user must fix."""
 
 
 @dataclasses.dataclass
@@ -244,27 +247,6 @@ def _raise_wrong_shape(level: LevelInfo, expected: str):
     )
 
 
-def serialize_example(image_chw: np.ndarray) -> bytes:
-    """Encode one uint8 CHW image as a serialized `tf.train.Example`."""
-    if image_chw.dtype != np.uint8 or image_chw.ndim != 3:
-        raise ValueError(
-            f"expected a uint8 array of shape [C, H, W], got {image_chw.dtype} {image_chw.shape}"
-        )
-    example = tf.train.Example(
-        features=tf.train.Features(
-            feature={
-                "shape": tf.train.Feature(
-                    int64_list=tf.train.Int64List(value=list(image_chw.shape))
-                ),
-                "data": tf.train.Feature(
-                    bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(image_chw).tobytes()])
-                ),
-            }
-        )
-    )
-    return example.SerializeToString()
-
-
 def parse_example_numpy(record: bytes) -> np.ndarray:
     """Decode one serialized record into a uint8 CHW array.
 
@@ -286,41 +268,3 @@ def parse_example_numpy(record: bytes) -> np.ndarray:
             f"Expected shape [C, H, W] with C*H*W == len(data)."
         )
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)
-
-
-def downsample_2x2(image_chw: np.ndarray) -> np.ndarray:
-    """Return the 2x2 box average of a CHW image, rounded half to even and clipped to uint8."""
-    x = image_chw.astype(np.float32)
-    x = (x[:, 0::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) * 0.25
-    return np.rint(x).clip(0, 255).astype(np.uint8)
-
-
-def build_pyramid(image_chw: np.ndarray) -> list[np.ndarray]:
-    """Build the levels of one image, fine to coarse, down to 4x4.
-
-    The first entry is the input itself. Each further level is the 2x2 box
-    average of the previous level *as stored*: computed in float32 from the
-    rounded uint8 finer level, then rounded with `np.rint` (half to even) and
-    clipped to uint8. So every stored level is exactly the box average of the
-    stored level above it, which is what readers can verify.
-
-    NVIDIA's StyleGAN `dataset_tool.py` instead carries the unrounded float
-    average from level to level and rounds only when writing, so its coarse
-    levels can differ from these by 1 in some pixels.
-    """
-    channels, height, width = image_chw.shape
-    if image_chw.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image, got {image_chw.dtype}")
-    if channels not in (1, 3):
-        raise ValueError(f"expected 1 or 3 channels, got shape {image_chw.shape}")
-    res_log2 = int(np.log2(height)) if height > 0 else -1
-    if height != width or 2**res_log2 != height or res_log2 < MIN_RES_LOG2:
-        raise ValueError(
-            f"expected a square image with a power-of-two side of at least "
-            f"{2**MIN_RES_LOG2}, got shape {image_chw.shape}"
-        )
-
-    levels = [image_chw]
-    while levels[-1].shape[1] > 2**MIN_RES_LOG2:
-        levels.append(downsample_2x2(levels[-1]))
-    return levels

@@ -118,6 +118,24 @@ def test_serialize_parse_round_trip():
         np.testing.assert_array_equal(parsed, image)
 
 
+@pytest.mark.parametrize("shape", [(1, 4, 4), (3, 64, 64), (1, 256, 256)])
+def test_serialize_matches_tensorflow(shape):
+    # 3x64x64 and 1x256x256 need 2- and 3-byte length varints, and a 256 side a 2-byte one.
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    reference = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=list(shape))),
+                "data": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+            }
+        )
+    )
+    assert serialize_example(image) == reference.SerializeToString(deterministic=True)
+    # A strided view is encoded like its contiguous copy.
+    view = image[:, ::2, ::2]
+    assert serialize_example(view) == serialize_example(np.ascontiguousarray(view))
+
+
 def test_parse_rejects_wrong_data_length():
     example = tf.train.Example(
         features=tf.train.Features(
