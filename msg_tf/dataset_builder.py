@@ -15,57 +15,60 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
+import math
 import os
 import shutil
-import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from PIL import Image, ImageOps
+from PIL import Image
 
+# The image functions are re-exported for callers of this module, such as metrics/images.py.
+from msg_tf.image_loading import (  # noqa: F401
+    GRAYSCALE_MODES,
+    SIXTEEN_BIT_MODES,
+    SUPPORTED_MODES,
+    BadImage,
+    ImageInfo,
+    check_image_chunk,
+    check_mode,
+    convert_mode,
+    encode_image_chunk,
+    fit_to_square,
+    image_to_chw,
+    open_image,
+    to_base_mode,
+)
+from msg_tf.ordered_pool import OrderedPool
 from msg_tf.tfrecord_format import (
     MAX_RES_LOG2,
     MIN_RES_LOG2,
     DatasetError,
     LevelInfo,
-    build_pyramid,
     check_levels,
     find_levels,
     labels_file_name,
     level_file_name,
     parse_example_numpy,
     read_level_info,
-    serialize_example,
 )
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
-# Pillow modes that contain a single luminance channel, with or without alpha.
-GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N"})
-SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
-# NOTE: Pillow (checked with 13.0) has no 16-bit RGB mode. It opens a 16-bit
-# RGB(A) PNG as 8-bit RGB(A) by keeping the high byte of each sample, so those
-# images are floored (value // 256), not rounded like 16-bit grayscale below.
-# Every mode that to_base_mode converts. Notably absent: "F" (32-bit float),
-# whose value range is not defined by the file.
-SUPPORTED_MODES = GRAYSCALE_MODES | frozenset(
-    {"RGB", "RGBA", "RGBa", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
-)
-
 DEFAULT_SEED = 123
 DEFAULT_PROGRESS_INTERVAL = 1000
 
-
-@dataclasses.dataclass(frozen=True)
-class ImageInfo:
-    """Header facts of one fully decoded input image."""
-
-    path: str
-    mode: str
-    width: int
-    height: int
+# Maximum images per task sent to a worker process. Larger chunks spread the cost of a
+# round trip between processes over more images, smaller ones share the work more evenly.
+MAX_CHUNK_IMAGES = 64
+# Approximate maximum bytes of serialized records per chunk. It matters at high
+# resolutions (a 1024x1024 RGB pyramid is 4 MiB), because up to two chunks per worker
+# are in flight and their results are held in memory.
+MAX_CHUNK_BYTES = 16 * 2**20
 
 
 @dataclasses.dataclass
@@ -195,165 +198,79 @@ def discover_images(image_dir: str) -> tuple[list[str], list[str]]:
     return images, ignored
 
 
-def open_image(path: str) -> Image.Image:
-    """Open and fully decode one image file, turned upright by its EXIF orientation.
+def resolve_jobs(jobs: int) -> int:
+    """Return the number of worker processes for `jobs`, where 0 means one per CPU.
 
-    A photo whose EXIF Orientation tag asks for a rotation or flip is
-    transposed in place, so its width and height are those of the upright
-    image. Raises DatasetError naming the file if Pillow cannot decode it
-    completely, or if it declares more than `PIL.Image.MAX_IMAGE_PIXELS`
-    pixels (Pillow's decompression bomb guard, 89,478,485 by default).
+    The CPUs counted are those this process may run on (`os.sched_getaffinity`),
+    or all of them (`os.cpu_count`) on systems without affinity masks.
     """
-    image = None
+    if jobs < 0:
+        raise DatasetError(
+            f"invalid --jobs={jobs}; expected 0 (one worker process per CPU), 1 (encode in "
+            f"this process) or a larger number of worker processes"
+        )
+    if jobs > 0:
+        return jobs
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def chunk_size(num_images: int, workers: int, bytes_per_image: int = 0) -> int:
+    """Return how many images to send to a worker per task.
+
+    It aims at four or more chunks per worker, so that the workers finish at
+    about the same time, within MAX_CHUNK_IMAGES and MAX_CHUNK_BYTES.
+    """
+    size = min(math.ceil(num_images / (4 * workers)), MAX_CHUNK_IMAGES)
+    if bytes_per_image > 0:
+        size = min(size, MAX_CHUNK_BYTES // bytes_per_image)
+    return max(size, 1)
+
+
+@contextlib.contextmanager
+def _explain_worker_exit() -> Iterator[None]:
     try:
-        # Pillow only warns between MAX_IMAGE_PIXELS and twice that, and decoding
-        # such a file could take gigabytes, so the warning is raised as an error too.
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
-        image.load()
-        ImageOps.exif_transpose(image, in_place=True)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        # Image.open closes the file itself when it raises.
+        yield
+    except BrokenProcessPool as error:
         raise DatasetError(
-            f"image {path!r} declares too many pixels to decode safely ({error}) The limit "
-            f"is PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}. Downscale or remove "
-            f"the file, or pass --skip_bad to skip it."
+            f"a worker process exited while decoding images: {error} If the system stopped "
+            f"it for lack of memory, run again with a smaller --jobs, or with --jobs=1 to "
+            f"decode in this process."
         ) from error
-    # Pillow's format plugins raise many exception types on corrupt input
-    # (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, ...),
-    # so anything but an interrupt means "bad file".
-    except Exception as error:  # noqa: BLE001
-        if image is not None:
-            image.close()
-        raise DatasetError(
-            f"cannot read image {path!r}: {type(error).__name__}: {error}. Fix or remove the "
-            f"file, or pass --skip_bad to skip unreadable images."
-        ) from error
-    return image
 
 
 def scan_images(
-    paths: Sequence[str], skip_bad: bool, progress_interval: int = DEFAULT_PROGRESS_INTERVAL
+    paths: Sequence[str],
+    skip_bad: bool,
+    progress_interval: int = DEFAULT_PROGRESS_INTERVAL,
+    pool: OrderedPool | None = None,
 ) -> tuple[list[ImageInfo], list[str]]:
     """Decode every image once to check it, and record its mode and size.
 
     An image is bad if Pillow cannot decode it or its mode has no conversion
     (see `to_base_mode`). With `skip_bad`, bad files are logged and returned
-    in the second list; without it the first one raises DatasetError.
+    in the second list; without it the first one raises DatasetError. The
+    images are decoded in the worker processes of `pool`, or in this process
+    if it is None.
     """
+    if pool is None:
+        pool = OrderedPool(1)
+    check_chunk = functools.partial(check_image_chunk, skip_bad=skip_bad)
+    results = pool.map(check_chunk, paths, chunk_size(len(paths), pool.workers))
+
     infos: list[ImageInfo] = []
     bad: list[str] = []
-    for index, path in enumerate(paths):
-        try:
-            with open_image(path) as image:
-                check_mode(image.mode, path)
-                infos.append(ImageInfo(path, image.mode, image.width, image.height))
-        except DatasetError as error:
-            if not skip_bad:
-                raise
-            logging.warning("skipping bad image %r: %s", path, error.__cause__ or error)
-            bad.append(path)
-        if (index + 1) % progress_interval == 0:
-            logging.info("checked %d / %d images", index + 1, len(paths))
+    with _explain_worker_exit():
+        for count, result in enumerate(results, start=1):
+            if isinstance(result, BadImage):
+                logging.warning("skipping bad image %r: %s", result.path, result.reason)
+                bad.append(result.path)
+            else:
+                infos.append(result)
+            if count % progress_interval == 0:
+                logging.info("checked %d / %d images", count, len(paths))
     return infos, bad
-
-
-# ---------------------------------------------------------------------------
-# Conversion
-
-
-def _composite_on_white(color: Image.Image, alpha: Image.Image) -> Image.Image:
-    # Image.paste with a mask blends src * a + white * (1 - a), with a in [0, 1].
-    background = Image.new(color.mode, color.size, 255 if color.mode == "L" else (255, 255, 255))
-    background.paste(color, mask=alpha)
-    return background
-
-
-def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
-    # Dividing by 257 maps 0..65535 linearly onto 0..255 and rounds to the
-    # nearest level. Keeping the high byte (value >> 8) floors value / 256
-    # instead, which is off by one for many values (65280 gives 255, not 254).
-    values = np.asarray(image, dtype=np.float64)
-    return Image.fromarray(np.rint(values / 257.0).clip(0, 255).astype(np.uint8), mode="L")
-
-
-def to_base_mode(image: Image.Image) -> Image.Image:
-    """Convert any supported Pillow mode to 8-bit `L` or `RGB`, alpha composited onto white.
-
-    Raises DatasetError for modes without a defined conversion (such as `F`).
-    """
-    mode = image.mode
-    if mode in ("L", "RGB"):
-        return image
-    if mode == "1":
-        return image.convert("L")
-    if mode in SIXTEEN_BIT_MODES:
-        return _sixteen_bit_to_l(image)
-    if mode in ("LA", "La"):
-        la = image.convert("LA")
-        return _composite_on_white(la.getchannel("L"), la.getchannel("A"))
-    if mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        return _composite_on_white(rgba.convert("RGB"), rgba.getchannel("A"))
-    # CMYK uses Pillow's profile-free formula (R = 255 - C - K, clipped, and so on);
-    # an embedded ICC profile is not applied.
-    if mode in ("P", "CMYK", "YCbCr", "RGBX", "LAB", "HSV"):
-        return image.convert("RGB")
-    check_mode(mode, getattr(image, "filename", "<image>"))
-    raise AssertionError(f"SUPPORTED_MODES lists {mode!r} but to_base_mode has no branch for it")
-
-
-def check_mode(mode: str, path: str) -> None:
-    """Raise DatasetError if images of Pillow mode `mode` cannot be converted."""
-    if mode not in SUPPORTED_MODES:
-        raise DatasetError(
-            f"unsupported image mode {mode!r} in {path!r}. Convert the file to 8- or "
-            f"16-bit grayscale or RGB(A), or pass --skip_bad to skip it."
-        )
-
-
-def convert_mode(image: Image.Image, channels: int) -> tuple[Image.Image, str | None]:
-    """Convert an image to `L` (channels=1) or `RGB` (channels=3).
-
-    Returns the converted image and a label such as `RGBA->RGB` describing the
-    conversion, or None if the image already had the target mode. Grayscale
-    becomes RGB by replicating the channel, colour becomes L with ITU-R 601-2
-    luma (Pillow's `convert('L')`).
-    """
-    target = "L" if channels == 1 else "RGB"
-    source = image.mode
-    converted = to_base_mode(image)
-    if converted.mode != target:
-        converted = converted.convert(target)
-    label = None if source == target else f"{source}->{target}"
-    return converted, label
-
-
-def fit_to_square(image: Image.Image, resolution: int) -> tuple[Image.Image, bool]:
-    """Centre-crop to a square and resize with LANCZOS to `resolution`.
-
-    Returns the image and whether it was changed.
-    """
-    width, height = image.size
-    if width == height == resolution:
-        return image, False
-    side = min(width, height)
-    left = (width - side) // 2
-    top = (height - side) // 2
-    if side != width or side != height:
-        image = image.crop((left, top, left + side, top + side))
-    if side != resolution:
-        image = image.resize((resolution, resolution), Image.Resampling.LANCZOS)
-    return image, True
-
-
-def image_to_chw(image: Image.Image) -> np.ndarray:
-    """Return an `L` or `RGB` image as a uint8 CHW array."""
-    array = np.asarray(image, dtype=np.uint8)
-    if array.ndim == 2:
-        return array[np.newaxis]
-    return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
 # ---------------------------------------------------------------------------
@@ -533,6 +450,7 @@ def create_from_images(
     overwrite: bool = False,
     skip_bad: bool = False,
     progress_interval: int = DEFAULT_PROGRESS_INTERVAL,
+    jobs: int = 0,
 ) -> BuildReport:
     """Build a TFRecord pyramid dataset in `tfrecord_dir` from the images under `image_dir`.
 
@@ -541,9 +459,12 @@ def create_from_images(
     `channels` default to values derived from the images (see
     `choose_resolution` and `choose_channels`). Returns a BuildReport.
 
-    NOTE: runs in one process and decodes each image twice (once to check
-    every file before writing, once to write it), so large high-resolution
-    folders take a while.
+    `jobs` worker processes decode and encode the images (0: one per CPU, see
+    `resolve_jobs`; 1: all in this process). This process writes the records
+    in input order, so the files are the same for every `jobs`.
+
+    NOTE: decodes each image twice (once to check every file before writing,
+    once to write it), so large high-resolution folders take a while.
     """
     # abspath so that "." or a trailing slash still yield a real basename.
     tfrecord_dir = os.path.abspath(tfrecord_dir)
@@ -553,6 +474,7 @@ def create_from_images(
         raise DatasetError(f"invalid --channels={channels}; expected 1 or 3")
     if progress_interval < 1:
         raise DatasetError(f"invalid progress interval {progress_interval}; expected >= 1")
+    jobs = resolve_jobs(jobs)
     check_utf8_path(tfrecord_dir)
     if os.path.isdir(image_dir):
         check_separate_dirs(tfrecord_dir, image_dir)
@@ -562,71 +484,93 @@ def create_from_images(
     logging.info(
         "found %d image files and %d other files in %r", len(paths), len(ignored), image_dir
     )
-    infos, bad = scan_images(paths, skip_bad, progress_interval)
-    if not infos:
-        raise DatasetError(_no_images_message(image_dir, paths, bad, ignored))
+    # More workers than images would only start idle processes.
+    with OrderedPool(min(jobs, len(paths))) as pool:
+        infos, bad = scan_images(paths, skip_bad, progress_interval, pool)
+        if not infos:
+            raise DatasetError(_no_images_message(image_dir, paths, bad, ignored))
 
-    if resolution is None:
-        resolution = choose_resolution(infos, image_dir)
-    if channels is None:
-        channels = choose_channels(infos)
-    res_log2 = resolution.bit_length() - 1
-    name = os.path.basename(tfrecord_dir)
+        if resolution is None:
+            resolution = choose_resolution(infos, image_dir)
+        if channels is None:
+            channels = choose_channels(infos)
+        res_log2 = resolution.bit_length() - 1
+        name = os.path.basename(tfrecord_dir)
 
-    colour_count = sum(info.mode not in GRAYSCALE_MODES for info in infos)
-    if channels == 1 and colour_count:
-        logging.warning(
-            "channels=1: converting %d colour images to grayscale with ITU-R 601-2 luma "
-            "(Pillow convert('L'))",
-            colour_count,
-        )
-
-    order = np.arange(len(infos))
-    if shuffle:
-        order = np.random.RandomState(seed).permutation(len(infos))
-
-    report = BuildReport(
-        output_dir=tfrecord_dir,
-        name=name,
-        resolution=resolution,
-        channels=channels,
-        levels=list(range(MIN_RES_LOG2, res_log2 + 1)),
-        skipped_bad=bad,
-        ignored_files=ignored,
-    )
-    logging.info(
-        "writing %d images at %dx%d with %d channel(s) to %r",
-        len(infos), resolution, resolution, channels, tfrecord_dir,
-    )
-
-    with staged_output_dir(tfrecord_dir) as temp_dir, contextlib.ExitStack() as writers_stack:
-        # Finest level first, matching the order of build_pyramid's output.
-        writers = [
-            writers_stack.enter_context(
-                tf.io.TFRecordWriter(os.path.join(temp_dir, level_file_name(name, r)))
+        colour_count = sum(info.mode not in GRAYSCALE_MODES for info in infos)
+        if channels == 1 and colour_count:
+            logging.warning(
+                "channels=1: converting %d colour images to grayscale with ITU-R 601-2 luma "
+                "(Pillow convert('L'))",
+                colour_count,
             )
-            for r in range(res_log2, MIN_RES_LOG2 - 1, -1)
-        ]
-        for count, index in enumerate(order, start=1):
-            info = infos[index]
-            with open_image(info.path) as image:
-                report.input_modes[image.mode] += 1
-                converted, label = convert_mode(image, channels)
-            if label is not None:
-                report.conversions[label] += 1
-            converted, changed = fit_to_square(converted, resolution)
-            report.resized_or_cropped += int(changed)
 
-            for writer, level in zip(writers, build_pyramid(image_to_chw(converted))):
-                writer.write(serialize_example(level))
-            report.images_written += 1
-            if count % progress_interval == 0:
-                logging.info("wrote %d / %d images", count, len(infos))
-        # Close before the directory is renamed so every file is flushed.
-        writers_stack.close()
+        order = np.arange(len(infos))
+        if shuffle:
+            order = np.random.RandomState(seed).permutation(len(infos))
+
+        report = BuildReport(
+            output_dir=tfrecord_dir,
+            name=name,
+            resolution=resolution,
+            channels=channels,
+            levels=list(range(MIN_RES_LOG2, res_log2 + 1)),
+            skipped_bad=bad,
+            ignored_files=ignored,
+        )
+        logging.info(
+            "writing %d images at %dx%d with %d channel(s) to %r",
+            len(infos), resolution, resolution, channels, tfrecord_dir,
+        )
+        _write_levels(report, [infos[index].path for index in order], pool, progress_interval)
 
     logging.info("finished dataset %s:\n%s", name, report.summary())
     return report
+
+
+def _write_levels(
+    report: BuildReport, paths: Sequence[str], pool: OrderedPool, progress_interval: int
+) -> None:
+    """Encode the images of `paths` and write their levels to `report.output_dir`, in order.
+
+    The images are decoded and encoded in the worker processes of `pool`, at
+    the resolution and channels of `report`, and counted in `report`. The
+    directory is replaced only when every level is complete.
+    """
+    encode_chunk = functools.partial(
+        encode_image_chunk, channels=report.channels, resolution=report.resolution
+    )
+    # A pyramid has about 4/3 of the bytes of its finest level.
+    bytes_per_image = report.channels * report.resolution**2 * 4 // 3
+    encoded_images = pool.map(
+        encode_chunk, paths, chunk_size(len(paths), pool.workers, bytes_per_image)
+    )
+
+    with (
+        staged_output_dir(report.output_dir) as temp_dir,
+        contextlib.ExitStack() as writers_stack,
+    ):
+        # Finest level first, matching the order of build_pyramid's output.
+        writers = [
+            writers_stack.enter_context(
+                tf.io.TFRecordWriter(os.path.join(temp_dir, level_file_name(report.name, r)))
+            )
+            for r in reversed(report.levels)
+        ]
+        with _explain_worker_exit():
+            for count, encoded in enumerate(encoded_images, start=1):
+                report.input_modes[encoded.mode] += 1
+                if encoded.conversion is not None:
+                    report.conversions[encoded.conversion] += 1
+                report.resized_or_cropped += int(encoded.resized_or_cropped)
+
+                for writer, record in zip(writers, encoded.records):
+                    writer.write(record)
+                report.images_written += 1
+                if count % progress_interval == 0:
+                    logging.info("wrote %d / %d images", count, len(paths))
+        # Close before the directory is renamed so every file is flushed.
+        writers_stack.close()
 
 
 # ---------------------------------------------------------------------------

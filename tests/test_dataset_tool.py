@@ -14,6 +14,8 @@ import tensorflow as tf
 from PIL import Image
 
 from msg_tf import dataset_builder
+from msg_tf.image_loading import encode_image_chunk
+from msg_tf.ordered_pool import OrderedPool
 from msg_tf.tfrecord_format import (
     FEATURE_SPEC,
     DatasetError,
@@ -402,30 +404,157 @@ def test_create_overwrite(tmp_path):
     assert (out / "readme.md").exists()
 
 
-def test_interrupt_keeps_previous_dataset(tmp_path, monkeypatch):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_interrupt_keeps_previous_dataset(tmp_path, monkeypatch, jobs):
     images = make_emoji_subset(tmp_path / "images", range(60, 65))
     out = tmp_path / "out"
-    dataset_builder.create_from_images(str(out), str(images))
+    dataset_builder.create_from_images(str(out), str(images), jobs=jobs)
     before = sorted(os.listdir(out))
 
-    calls = []
+    original_map = OrderedPool.map
 
-    def serialize_then_interrupt(image_chw):
-        calls.append(1)
-        if len(calls) > 7:
-            raise KeyboardInterrupt
-        return serialize_example(image_chw)
+    def map_then_interrupt(self, function, items, chunk_size):
+        # Ctrl+C while this process writes the third image, after two are written.
+        results = original_map(self, function, items, chunk_size)
+        for count, result in enumerate(results, start=1):
+            if function.func is encode_image_chunk and count == 3:
+                raise KeyboardInterrupt
+            yield result
 
-    monkeypatch.setattr(dataset_builder, "serialize_example", serialize_then_interrupt)
+    monkeypatch.setattr(OrderedPool, "map", map_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        dataset_builder.create_from_images(str(out), str(images), overwrite=True)
+        dataset_builder.create_from_images(str(out), str(images), overwrite=True, jobs=jobs)
     with pytest.raises(KeyboardInterrupt):
-        dataset_builder.create_from_images(str(tmp_path / "fresh"), str(images))
+        dataset_builder.create_from_images(str(tmp_path / "fresh"), str(images), jobs=jobs)
 
     assert sorted(os.listdir(out)) == before
     assert len(read_level(find_levels(out)[1][6])) == 5
     assert not (tmp_path / "fresh").exists()
     assert leftover_temp_dirs(str(tmp_path)) == []
+
+
+@pytest.fixture
+def varied_dir(mixed_dir):
+    """The mixed folder plus 24 emoji, two of them grayscale and one with alpha."""
+    for index in range(100, 124):
+        mode = {100: "L", 110: "L", 120: "RGBA"}.get(index, "RGB")
+        load_emoji(index).convert(mode).save(mixed_dir / f"k{index}.png")
+    return mixed_dir
+
+
+def build_and_read(out, images, **kwargs):
+    """Build a dataset and return its report and the bytes of each of its files by name."""
+    report = dataset_builder.create_from_images(str(out), str(images), **kwargs)
+    files = {name: (out / name).read_bytes() for name in sorted(os.listdir(out))}
+    return report, files
+
+
+@pytest.fixture
+def pool_sizes(monkeypatch):
+    """The `workers` of every OrderedPool created while the test runs."""
+    sizes = []
+    original_init = OrderedPool.__init__
+
+    def recording_init(self, workers):
+        original_init(self, workers)
+        sizes.append(self.workers)
+
+    monkeypatch.setattr(OrderedPool, "__init__", recording_init)
+    return sizes
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_jobs_give_identical_files(varied_dir, tmp_path, pool_sizes, shuffle):
+    options = dict(resolution=32, skip_bad=True, shuffle=shuffle, seed=5)
+    inline_report, inline_files = build_and_read(tmp_path / "ds1", varied_dir, jobs=1, **options)
+    pool_report, pool_files = build_and_read(tmp_path / "ds2", varied_dir, jobs=2, **options)
+    assert pool_sizes == [1, 2]
+
+    assert list(inline_files) == [f"ds1-r0{r}.tfrecords" for r in range(2, 6)]
+    for res_log2 in range(2, 6):
+        inline_level = inline_files[f"ds1-r0{res_log2}.tfrecords"]
+        pool_level = pool_files[f"ds2-r0{res_log2}.tfrecords"]
+        assert len(inline_level) > 0
+        assert inline_level == pool_level, f"level r0{res_log2} differs between jobs=1 and 2"
+
+    assert inline_report.images_written == pool_report.images_written == 32
+    assert inline_report.input_modes == pool_report.input_modes
+    assert inline_report.input_modes["RGBA"] == 2
+    assert inline_report.conversions == pool_report.conversions
+    assert inline_report.conversions["L->RGB"] == 3
+    assert inline_report.resized_or_cropped == pool_report.resized_or_cropped == 32
+    bad = [str(varied_dir / "h_truncated.png")]
+    assert inline_report.skipped_bad == pool_report.skipped_bad == bad
+
+
+def test_shuffle_order_with_jobs(tmp_path):
+    images = make_emoji_subset(tmp_path / "images", range(130, 150))
+    dataset_builder.create_from_images(str(tmp_path / "out"), str(images), shuffle=True, jobs=2)
+
+    stored = read_level(find_levels(tmp_path / "out")[1][6])
+    order = np.random.RandomState(dataset_builder.DEFAULT_SEED).permutation(20)
+    for position, source_index in enumerate(order):
+        expected = np.asarray(load_emoji(130 + source_index)).transpose(2, 0, 1)
+        np.testing.assert_array_equal(stored[position], expected)
+
+
+def test_jobs_bad_image_same_error(varied_dir, tmp_path):
+    # A second bad file, later in walk order, so that the first one must be reported.
+    (varied_dir / "k999_empty.png").write_bytes(b"")
+    messages = {}
+    for jobs in (1, 2):
+        out = tmp_path / f"out{jobs}"
+        with pytest.raises(DatasetError) as error:
+            dataset_builder.create_from_images(str(out), str(varied_dir), jobs=jobs)
+        messages[jobs] = str(error.value)
+        assert not out.exists()
+    assert messages[2] == messages[1]
+    assert messages[1].startswith(f"cannot read image {str(varied_dir / 'h_truncated.png')!r}")
+    assert "--skip_bad" in messages[1]
+    assert leftover_temp_dirs(str(tmp_path)) == []
+
+
+def test_jobs_image_unreadable_after_scan(tmp_path, monkeypatch):
+    images = make_emoji_subset(tmp_path / "images", range(150, 170))
+    broken = images / "0160.png"
+    original_scan = dataset_builder.scan_images
+
+    def scan_then_truncate(*args, **kwargs):
+        result = original_scan(*args, **kwargs)
+        broken.write_bytes(broken.read_bytes()[:100])
+        return result
+
+    monkeypatch.setattr(dataset_builder, "scan_images", scan_then_truncate)
+    original_bytes = broken.read_bytes()
+    messages = {}
+    for jobs in (1, 2):
+        broken.write_bytes(original_bytes)
+        out = tmp_path / f"out{jobs}"
+        with pytest.raises(DatasetError) as error:
+            dataset_builder.create_from_images(str(out), str(images), jobs=jobs)
+        messages[jobs] = str(error.value)
+        assert not out.exists()
+    assert messages[2] == messages[1]
+    assert messages[1].startswith(f"cannot read image {str(broken)!r}")
+    assert leftover_temp_dirs(str(tmp_path)) == []
+
+
+def test_create_rejects_negative_jobs(tmp_path):
+    with pytest.raises(DatasetError, match=r"invalid --jobs=-1; expected 0 \(one worker"):
+        dataset_builder.create_from_images(str(tmp_path / "out"), EMOJI_DIR, jobs=-1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_resolve_jobs_and_chunk_size():
+    assert dataset_builder.resolve_jobs(0) == len(os.sched_getaffinity(0))
+    assert dataset_builder.resolve_jobs(3) == 3
+    assert dataset_builder.chunk_size(10_000, 2) == dataset_builder.MAX_CHUNK_IMAGES
+    # Four chunks per worker for small folders: ceil(36 / 8) = 5.
+    assert dataset_builder.chunk_size(36, 2) == 5
+    assert dataset_builder.chunk_size(1, 4) == 1
+    # 1024x1024 RGB pyramids: 4 MiB each, so 4 fit the 16 MiB chunk budget.
+    pyramid_bytes = 3 * 1024 * 1024 * 4 // 3
+    assert dataset_builder.chunk_size(10_000, 2, pyramid_bytes) == 4
 
 
 def test_create_input_dir_errors(tmp_path):
@@ -538,9 +667,10 @@ def test_cli_create_and_info(mixed_dir, tmp_path):
     assert "labels: none" in result.stdout
 
 
-def test_cli_bad_image_error(mixed_dir, tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_cli_bad_image_error(mixed_dir, tmp_path, jobs):
     out = tmp_path / "cli"
-    result = run_tool("create_from_images", out, mixed_dir, "--resolution=64")
+    result = run_tool("create_from_images", out, mixed_dir, "--resolution=64", f"--jobs={jobs}")
     assert result.returncode == 1
     assert "error: cannot read image" in result.stderr
     assert "h_truncated.png" in result.stderr
