@@ -10,8 +10,8 @@ its multi-scale connections. Inputs are random images, so no data loading is tim
 The average pooling that builds the real image pyramid is timed because BMSG-GAN does
 it in its training loop.
 
-torch is not a dependency of msg-tf. On the development machine it is installed in a
-separate venv:
+torch is not a dependency of msg-tf. Run this with a separate virtual environment that
+has torch installed (here /tmp/torchvenv, with torch 2.13.0+cpu):
 
     /tmp/torchvenv/bin/python bench/torch_reference_throughput.py
     /tmp/torchvenv/bin/python bench/torch_reference_throughput.py --threads=1

@@ -2,6 +2,7 @@
 
     python bench/train_throughput.py --flagfile=configs/demo_emoji64.cfg
     python bench/train_throughput.py --flagfile=configs/demo_emoji64.cfg --batch_size=32
+    python bench/train_throughput.py --flagfile=configs/bench_progan32.cfg --xla
 
 Takes the same flags as train.py. The models are built as train.py builds them, and
 each iteration takes a batch from the real input pipeline, so the figure includes the
@@ -60,7 +61,9 @@ def main(argv):
         "arch": config.arch, "resolution": config.resolution, "loss": config.loss,
         "combine": config.combine, "batch_size": config.batch_size,
         "channel_base": config.channel_base, "channel_max": config.channel_max,
-        "latent_size": config.latent_size, "replicas": strategy.num_replicas_in_sync,
+        "latent_size": config.latent_size, "precision": config.mixed_precision,
+        "xla": config.xla, "reuse_fakes": config.reuse_fakes,
+        "replicas": strategy.num_replicas_in_sync,
         "G_params": trainer.G.count_params(), "D_params": trainer.D.count_params(),
         "steps": FLAGS.steps, "repeats": FLAGS.repeats,
         "sec_per_iteration": median / FLAGS.steps,
