@@ -122,6 +122,13 @@ def _scale_key(prefix: str, index: int, image: tf.Tensor) -> str:
     return f"{prefix}/res{height}" if height is not None else f"{prefix}/scale{index}"
 
 
+# float16 input gradients of D are often below float16's smallest normal number (6e-5)
+# at fine scales, so they lose precision or flush to zero. The score sum is scaled up by
+# this power of two before backpropagation and the float32 gradients scaled back down,
+# which is exact. 2**10 keeps the scaled gradients far below float16's maximum (65504).
+_FLOAT16_INPUT_GRADIENT_SCALE = 2.0 ** 10
+
+
 def _input_gradients(D: Discriminator, images: Images):
     """Return (scores [N], gradients of sum(scores) w.r.t. each image, in float32).
 
@@ -129,12 +136,14 @@ def _input_gradients(D: Discriminator, images: Images):
     computation and can differentiate the returned gradients again.
     """
     images = list(images)
+    scale = (_FLOAT16_INPUT_GRADIENT_SCALE
+             if getattr(D, "compute_dtype", "float32") == "float16" else 1.0)
     with tf.GradientTape() as tape:
         tape.watch(images)
         scores = _scores(D, images)
         # Summing over the batch is exact for the per-sample gradient as long as
         # D scores each sample independently (no batch statistics in D).
-        total = tf.reduce_sum(scores)
+        total = tf.reduce_sum(scores) * scale
     gradients = tape.gradient(total, images)
     for image, gradient in zip(images, gradients):
         if gradient is None:
@@ -144,10 +153,7 @@ def _input_gradients(D: Discriminator, images: Images):
             )
     # bfloat16 or float16 gradients are cast before squaring, so that the
     # squares neither lose precision nor overflow.
-    # NOTE: these input gradients are taken without loss scaling, so with a
-    # float16 D small gradients can underflow to zero. bfloat16 has the float32
-    # exponent range and is not affected.
-    return scores, [tf.cast(g, tf.float32) for g in gradients]
+    return scores, [tf.cast(g, tf.float32) / scale for g in gradients]
 
 
 def _squared_norms(gradient: tf.Tensor) -> tf.Tensor:
