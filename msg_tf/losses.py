@@ -99,10 +99,10 @@ def _paired_scores(D: Discriminator, reals: Images, fakes: Images):
     """Return (D(reals), D(fakes)) as float32 [N], from one D call where that is exact.
 
     One call on the concatenated batch halves the number of D's kernel launches and
-    gives its convolutions larger matrices, which is faster on CPUs and GPUs. The
-    result is the same as two calls because D scores each sample on its own, except for
-    minibatch stddev, whose groups of consecutive samples stay within one half when the
-    batch is a multiple of the group size. Otherwise D runs twice.
+    gives its convolutions larger batches. The result is the same as two calls because
+    D scores each sample on its own, except for minibatch stddev, whose groups of
+    consecutive samples stay within one half when the batch is a multiple of the group
+    size. Otherwise D runs twice.
     """
     reals, fakes = list(reals), list(fakes)
     batch = reals[0].shape[0]
