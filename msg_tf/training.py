@@ -291,7 +291,7 @@ class Trainer:
             with g_tape.stop_recording():
                 grads, stats = self._d_gradients(reals, [tf.stop_gradient(f) for f in fakes])
                 self.D_opt.apply_gradients(zip(grads, self.D.trainable_variables))
-            # D's variables are read again here, after its update: the G step sees the
+            # D's variables are read again here, after its update: the G step uses the
             # new D, as in the two-pass step.
             g_loss, g_stats = self._g_loss(reals, fakes)
             scaled_loss = self._scale_loss(self.G_opt, g_loss)
@@ -577,7 +577,7 @@ def _train_in_run_dir(config, strategy, info, run_dir):
     start_time = time.time()
     tick_start_time = start_time
     maintenance_sec = 0.0
-    sums, steps_in_tick = {}, 0
+    pending = []        # (step, stats tensors) of the current tick
     logging.info("training from kimg %.3f to %.3f", cur_nimg / 1000, config.total_kimg)
 
     rollbacks = 0
@@ -585,11 +585,22 @@ def _train_in_run_dir(config, strategy, info, run_dir):
     last_milestone = cur_nimg // milestone_nimg if milestone_nimg else 0
     while cur_nimg < total_nimg:
         step = cur_nimg // config.batch_size
-        stats = trainer.train_step(next(iterator), step)
-        stats = {key: float(value) for key, value in stats.items()}
-        bad = {key: value for key, value in stats.items() if not math.isfinite(value)}
+        # The step's losses stay tensors until the tick: converting them to floats here
+        # would make the host wait for every step, and a GPU would idle while the host
+        # prepares the next one.
+        pending.append((step, trainer.train_step(next(iterator), step)))
+        cur_nimg += config.batch_size
+        done = cur_nimg >= total_nimg
+        if cur_nimg < tick_start_nimg + tick_nimg and not done:
+            continue
+
+        steps = [(step, {key: float(value) for key, value in stats.items()})
+                 for step, stats in pending]
+        pending = []
+        bad_step, bad = first_non_finite(steps)
         if bad:
-            message = (f"non-finite loss at step {step} (kimg {cur_nimg / 1000:.3f}): "
+            message = (f"non-finite loss at step {bad_step} "
+                       f"(kimg {bad_step * config.batch_size / 1000:.3f}): "
                        + ", ".join(f"{k}={v}" for k, v in bad.items()))
             latest = manager.latest_checkpoint
             if config.on_nan != "rollback" or latest is None or rollbacks >= MAX_ROLLBACKS:
@@ -608,17 +619,10 @@ def _train_in_run_dir(config, strategy, info, run_dir):
             cur_tick = int(trainer.cur_tick.numpy())
             if chief:
                 reporting.truncate_stats(run_dir, cur_nimg / 1000)
-            tick_start_nimg, sums, steps_in_tick = cur_nimg, {}, 0
+            tick_start_nimg = cur_nimg
             logging.warning("%s; rolled back to %s (kimg %.3f) with learning rate %g "
                             "(--on_nan=rollback, %d of at most %d)", message, latest,
                             cur_nimg / 1000, config.lr * lr_scale, rollbacks, MAX_ROLLBACKS)
-            continue
-        for key, value in stats.items():
-            sums[key] = sums.get(key, 0.0) + value
-        steps_in_tick += 1
-        cur_nimg += config.batch_size
-        done = cur_nimg >= total_nimg
-        if cur_nimg < tick_start_nimg + tick_nimg and not done:
             continue
 
         cur_tick += 1
@@ -631,8 +635,8 @@ def _train_in_run_dir(config, strategy, info, run_dir):
                   "time/sec_per_kimg": tick_sec / max(tick_kimg, 1e-9),
                   "time/maintenance_sec": maintenance_sec,
                   **reporting.memory_stats(),
-                  **{key: value / steps_in_tick for key, value in sums.items()}}
-        sums, steps_in_tick = {}, 0
+                  **{key: float(np.mean([stats[key] for _, stats in steps]))
+                     for key in steps[0][1]}}
 
         maintenance_start = time.time()
         save_images = cur_tick % config.image_snapshot_ticks == 0 or done
@@ -705,6 +709,15 @@ class CheckpointWriter:
             self.trainer.checkpoint.write(os.path.join(scratch, "ckpt"))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def first_non_finite(steps: list[tuple[int, dict]]) -> tuple[int | None, dict]:
+    """Return the first step with a NaN or infinite value and those values, or (None, {})."""
+    for step, stats in steps:
+        bad = {key: value for key, value in stats.items() if not math.isfinite(value)}
+        if bad:
+            return step, bad
+    return None, {}
 
 
 class StabilityTracker:
