@@ -101,6 +101,9 @@ flags.DEFINE_enum("mixed_precision", _DEFAULTS.mixed_precision,
                   "Compute type of G and D. bfloat16 and float16 keep the weights, "
                   "losses, penalties, minibatch stddev and EMA in float32; float16 adds "
                   "dynamic loss scaling.")
+flags.DEFINE_float("worker_connect_timeout", _DEFAULTS.worker_connect_timeout,
+                   "Multi-worker training: seconds to wait for every worker named in "
+                   "TF_CONFIG to connect before exiting with an error.")
 flags.mark_flag_as_required("dataset")
 
 

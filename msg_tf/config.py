@@ -66,6 +66,7 @@ class TrainingConfig:
     xla: bool = False                   # compile the forward and backward passes with XLA
     reuse_fakes: bool = False           # G step trains on the D step's fakes
     mixed_precision: str = "float32"    # or bfloat16, float16: G and D compute type
+    worker_connect_timeout: float = 600.0   # seconds to wait for all TF_CONFIG workers
     description: str = ""
 
     def to_dict(self) -> dict:
@@ -98,7 +99,8 @@ def validate(config: TrainingConfig) -> None:
                 "channel_max": config.channel_max, "latent_size": config.latent_size,
                 "tick_kimg": config.tick_kimg, "image_snapshot_ticks": config.image_snapshot_ticks,
                 "network_snapshot_ticks": config.network_snapshot_ticks,
-                "keep_checkpoints": config.keep_checkpoints, "ema_kimg": config.ema_kimg}
+                "keep_checkpoints": config.keep_checkpoints, "ema_kimg": config.ema_kimg,
+                "worker_connect_timeout": config.worker_connect_timeout}
     for flag, value in positive.items():
         if not value > 0:
             raise ConfigError(f"invalid --{flag}={value}: expected a positive number")

@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import faulthandler
 import hashlib
 import json
 import math
@@ -416,16 +417,32 @@ def multi_worker_count() -> int:
     return workers
 
 
-def make_strategy() -> tf.distribute.Strategy:
+def make_strategy(connect_timeout_sec: float = 600.0) -> tf.distribute.Strategy:
     """Return MultiWorkerMirroredStrategy if TF_CONFIG names several workers, else
     MirroredStrategy over this machine's devices.
 
     Must run before any other TensorFlow op, because the multi-worker strategy
-    configures the collective ops of the runtime when it is created.
+    configures the collective ops of the runtime when it is created. Creating it waits
+    until every worker has connected. If that takes longer than `connect_timeout_sec`,
+    the process exits with status 1, because TensorFlow ignores SIGTERM while it waits.
     """
-    if multi_worker_count() > 1:
+    workers = multi_worker_count()
+    if workers <= 1:
+        return tf.distribute.MirroredStrategy()
+    task = json.loads(os.environ["TF_CONFIG"])["task"]
+    logging.info("waiting up to %.0f s for the %d workers named in TF_CONFIG to connect; "
+                 "this is %s %d. If they have not all connected by then, this process "
+                 "prints a stack dump and exits with status 1: start train.py with the same "
+                 "flags on every worker listed, check their addresses and ports, or raise "
+                 "--worker_connect_timeout", connect_timeout_sec, workers, task["type"],
+                 task["index"])
+    # faulthandler's watchdog is a C thread: TensorFlow holds the GIL while it waits for
+    # the workers, so a Python thread or signal handler would never run.
+    faulthandler.dump_traceback_later(connect_timeout_sec, exit=True)
+    try:
         return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.MirroredStrategy()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -488,9 +505,15 @@ def train(config: TrainingConfig, strategy: tf.distribute.Strategy | None = None
     if strategy is None:
         # Checked before the strategy exists: creating a multi-worker strategy waits
         # for all workers, so a worker that stops later would leave the others waiting.
-        if not config.run_dir and multi_worker_count() > 1:
+        workers = multi_worker_count()
+        if workers > 1 and not config.run_dir:
             raise ConfigError(MULTI_WORKER_RUN_DIR_MESSAGE)
-        strategy = make_strategy()
+        if workers > 1 and config.batch_size % workers:
+            raise ConfigError(
+                f"--batch_size={config.batch_size} is not divisible by the {workers} "
+                f"workers named in TF_CONFIG: choose a multiple of {workers} times the "
+                "number of devices per worker")
+        strategy = make_strategy(config.worker_connect_timeout)
     chief = is_chief(strategy)
     info = dataset_lib.inspect_dataset(config.dataset)
     config = resolve_config(config, info)

@@ -113,6 +113,37 @@ def test_multiworker_needs_run_dir(emoji_dataset, tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+def test_lone_worker_times_out(emoji_dataset, tmp_path):
+    flags = train_flags(emoji_dataset, tmp_path / "run", 0.016)
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker",
+                                                                 "index": 0}})}
+    result = subprocess.run([sys.executable, "train.py", *flags,
+                             "--worker_connect_timeout=5"], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "waiting up to 5 s for the 2 workers named in TF_CONFIG" in result.stderr
+    assert "Timeout (0:00:05)!" in result.stderr
+    assert "in make_strategy" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_checked_against_workers_first(emoji_dataset, tmp_path):
+    flags = train_flags(emoji_dataset, tmp_path / "run", 0.016) + ["--batch_size=15",
+                                                                   "--mbstd_group_size=0"]
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker",
+                                                                 "index": 0}})}
+    result = subprocess.run([sys.executable, "train.py", *flags], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert ("--batch_size=15 is not divisible by the 2 workers named in TF_CONFIG"
+            in result.stderr)
+    assert "waiting up to" not in result.stderr
+
+
 @pytest.mark.parametrize("tf_config, message", [
     ("{not json", "TF_CONFIG is not valid JSON"),
     ('{"cluster": {"worker": ["localhost:1"]}}', 'TF_CONFIG needs a "cluster" object'),
