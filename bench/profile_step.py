@@ -6,9 +6,9 @@
 
 Takes train.py's flags and builds the models as training does. Prints JSON lines:
 
-- `"kind": "part"`: median milliseconds of each part of an iteration run on its own
-  (G forward, D forward on a real batch, the gradients of the D step and of the G step
-  with and without the optimizer update, the EMA update) and of the full iteration;
+- `"kind": "part"`: median milliseconds of each part of an iteration, run on its own,
+  and of the full iteration. The parts are G forward, D forward on a real batch, the
+  D step and the G step with and without their optimizer updates, and the EMA update;
 - `"kind": "op"`: the op types that take the most time in a `tf.profiler` trace of
   `--trace_steps` full iterations, as milliseconds per iteration and share of all op
   time (ops on parallel threads overlap, so op time can exceed wall time);
@@ -36,10 +36,7 @@ import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
-import train  # noqa: E402,F401  (defines the training flags)
-from msg_tf import dataset as dataset_lib  # noqa: E402
-from msg_tf import training  # noqa: E402
-from msg_tf.config import validate  # noqa: E402
+from trainer_setup import trainer_from_flags  # noqa: E402
 
 flags.DEFINE_integer("warmup_steps", 3, "Untimed calls of each part before measuring.")
 flags.DEFINE_integer("steps", 5, "Calls per timed repeat of each part.")
@@ -191,17 +188,12 @@ def matmul_gflops(size: int) -> float:
 
 def main(argv):
     del argv
-    config = train.config_from_flags()
-    validate(config)
-    info = dataset_lib.inspect_dataset(config.dataset)
-    config = training.resolve_config(config, info)
     strategy = tf.distribute.MirroredStrategy()
     if strategy.num_replicas_in_sync != 1:
         raise SystemExit("profile_step.py measures one replica; hide the other devices "
                          "(CUDA_VISIBLE_DEVICES) and rerun")
-    trainer = training.Trainer(config, strategy)
-    ds = dataset_lib.make_dataset(info, config.resolution, config.batch_size,
-                                  mirror_augment=config.mirror_augment, seed=config.seed)
+    trainer, ds = trainer_from_flags(strategy)
+    config = trainer.config
     reals = [tf.convert_to_tensor(image) for image in next(iter(ds))]
     step = tf.constant(0, tf.int64)
     beta = tf.constant(0.999, tf.float32)

@@ -4,7 +4,8 @@
         --batch_sizes=2,4
 
 Takes train.py's flags and builds the models as training does, but feeds random images
-instead of reading `--dataset`, so the paper setups can be sized without their data.
+instead of reading `--dataset`, so the `configs/paper_*.cfg` setups can be sized
+without their data.
 For each batch size it runs `--steps` full iterations on this machine's first device
 and prints one JSON line with the peak bytes held by TensorFlow's allocator (weights,
 optimizer slots, EMA copy and the activations kept for backpropagation). On a GPU

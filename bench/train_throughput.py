@@ -21,10 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-import train  # noqa: E402,F401  (defines the training flags)
-from msg_tf import dataset as dataset_lib  # noqa: E402
-from msg_tf import reporting, training  # noqa: E402
-from msg_tf.config import validate  # noqa: E402
+from msg_tf import reporting  # noqa: E402
+from trainer_setup import trainer_from_flags  # noqa: E402
 
 flags.DEFINE_integer("warmup_steps", 3, "Untimed iterations before measuring.")
 flags.DEFINE_integer("steps", 10, "Iterations per timed repeat.")
@@ -34,14 +32,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    config = train.config_from_flags()
-    validate(config)
-    info = dataset_lib.inspect_dataset(config.dataset)
-    config = training.resolve_config(config, info)
     strategy = tf.distribute.MirroredStrategy()
-    trainer = training.Trainer(config, strategy)
-    ds = dataset_lib.make_dataset(info, config.resolution, config.batch_size,
-                                  mirror_augment=config.mirror_augment, seed=config.seed)
+    trainer, ds = trainer_from_flags(strategy)
+    config = trainer.config
     iterator = iter(strategy.experimental_distribute_dataset(ds))
 
     step = 0

@@ -43,7 +43,7 @@ class ImageInfo:
 def open_image(path: str) -> Image.Image:
     """Open and fully decode one image file, turned upright by its EXIF orientation.
 
-    A photo whose EXIF Orientation tag asks for a rotation or flip is
+    A photo whose EXIF Orientation tag requests a rotation or flip is
     transposed in place, so its width and height are those of the upright
     image. Raises DatasetError naming the file if Pillow cannot decode it
     completely, or if it declares more than `PIL.Image.MAX_IMAGE_PIXELS`

@@ -386,15 +386,17 @@ MULTI_WORKER_RUN_DIR_MESSAGE = (
     "(on a file system they share) to resume")
 
 
-def multi_worker_count() -> int:
-    """Return the number of workers that TF_CONFIG names (0 when it is unset).
+def read_tf_config() -> tuple[int, dict]:
+    """Return the number of workers that TF_CONFIG names and this process's task.
+
+    Returns (0, {}) when TF_CONFIG is unset.
 
     Raises ConfigError for a TF_CONFIG that is not JSON or does not name this
     process's place in the cluster.
     """
     raw = os.environ.get("TF_CONFIG", "")
     if not raw.strip():
-        return 0
+        return 0, {}
     try:
         tf_config = json.loads(raw)
     except json.JSONDecodeError as error:
@@ -414,7 +416,7 @@ def multi_worker_count() -> int:
             f"TF_CONFIG task {task!r} does not name one of the cluster's workers "
             f"{cluster!r}: set \"type\" to \"worker\" (or \"chief\") and \"index\" to "
             "this process's position in that list")
-    return workers
+    return workers, task
 
 
 def make_strategy(connect_timeout_sec: float = 600.0) -> tf.distribute.Strategy:
@@ -426,10 +428,9 @@ def make_strategy(connect_timeout_sec: float = 600.0) -> tf.distribute.Strategy:
     until every worker has connected. If that takes longer than `connect_timeout_sec`,
     the process exits with status 1, because TensorFlow ignores SIGTERM while it waits.
     """
-    workers = multi_worker_count()
+    workers, task = read_tf_config()
     if workers <= 1:
         return tf.distribute.MirroredStrategy()
-    task = json.loads(os.environ["TF_CONFIG"])["task"]
     logging.info("waiting up to %.0f s for the %d workers named in TF_CONFIG to connect; "
                  "this is %s %d. If they have not all connected by then, this process "
                  "prints a stack dump and exits with status 1: start train.py with the same "
@@ -505,7 +506,7 @@ def train(config: TrainingConfig, strategy: tf.distribute.Strategy | None = None
     if strategy is None:
         # Checked before the strategy exists: creating a multi-worker strategy waits
         # for all workers, so a worker that stops later would leave the others waiting.
-        workers = multi_worker_count()
+        workers, _ = read_tf_config()
         if workers > 1 and not config.run_dir:
             raise ConfigError(MULTI_WORKER_RUN_DIR_MESSAGE)
         if workers > 1 and config.batch_size % workers:

@@ -40,13 +40,26 @@ def train_flags(dataset, run_dir, total_kimg):
             f"--total_kimg={total_kimg}", "--seed=7"]
 
 
+def worker_env(cluster, index):
+    """Return the environment of worker `index` of `cluster`, a TF_CONFIG cluster dict."""
+    tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+    return {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def run_alone(flags, index):
+    """Run worker `index` of a two-worker cluster whose other worker never starts."""
+    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
+    return subprocess.run([sys.executable, "train.py", *flags], cwd=REPO_ROOT,
+                          env=worker_env(cluster, index), capture_output=True, text=True,
+                          timeout=120)
+
+
 def run_workers(flags, count):
     """Run `count` train.py workers under one TF_CONFIG; return their stderr texts."""
     cluster = {"worker": [f"localhost:{port}" for port in free_ports(count)]}
     processes = []
     for index in range(count):
-        tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = worker_env(cluster, index)
         processes.append(subprocess.Popen(
             [sys.executable, "train.py", *flags], cwd=REPO_ROOT, env=env,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
@@ -74,7 +87,8 @@ def test_two_workers_train_and_resume(emoji_dataset, tmp_path):
     assert "(chief: writes the run directory)" not in logs[1]
     assert "2 replica(s)" in logs[0]
     digests = [DIGEST.findall(log) for log in logs]
-    assert len(digests[0]) == 1 and len(digests[1]) == 1
+    assert len(digests[0]) == 1
+    assert len(digests[1]) == 1
     assert digests[0] == digests[1], "the workers' weights differ after training"
 
     # Only the chief wrote: one stats line per tick, one log file, its checkpoints.
@@ -101,13 +115,7 @@ def test_two_workers_train_and_resume(emoji_dataset, tmp_path):
 def test_multiworker_needs_run_dir(emoji_dataset, tmp_path):
     flags = [f for f in train_flags(emoji_dataset, tmp_path / "unused", 0.016)
              if not f.startswith("--run_dir")]
-    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker",
-                                                                 "index": 1}})}
-    result = subprocess.run([sys.executable, "train.py", *flags,
-                             f"--result_dir={tmp_path / 'results'}"], cwd=REPO_ROOT,
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = run_alone([*flags, f"--result_dir={tmp_path / 'results'}"], 1)
     assert result.returncode == 1
     assert "multi-worker training needs --run_dir" in result.stderr
     assert not (tmp_path / "results").exists()
@@ -115,13 +123,7 @@ def test_multiworker_needs_run_dir(emoji_dataset, tmp_path):
 
 def test_lone_worker_times_out(emoji_dataset, tmp_path):
     flags = train_flags(emoji_dataset, tmp_path / "run", 0.016)
-    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker",
-                                                                 "index": 0}})}
-    result = subprocess.run([sys.executable, "train.py", *flags,
-                             "--worker_connect_timeout=5"], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = run_alone([*flags, "--worker_connect_timeout=5"], 0)
     assert result.returncode == 1
     assert "waiting up to 5 s for the 2 workers named in TF_CONFIG" in result.stderr
     assert "Timeout (0:00:05)!" in result.stderr
@@ -132,12 +134,7 @@ def test_lone_worker_times_out(emoji_dataset, tmp_path):
 def test_batch_checked_against_workers_first(emoji_dataset, tmp_path):
     flags = train_flags(emoji_dataset, tmp_path / "run", 0.016) + ["--batch_size=15",
                                                                    "--mbstd_group_size=0"]
-    cluster = {"worker": [f"localhost:{port}" for port in free_ports(2)]}
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker",
-                                                                 "index": 0}})}
-    result = subprocess.run([sys.executable, "train.py", *flags], cwd=REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = run_alone(flags, 0)
     assert result.returncode == 1
     assert ("--batch_size=15 is not divisible by the 2 workers named in TF_CONFIG"
             in result.stderr)
